@@ -1,0 +1,155 @@
+"""Backend choice, the implementation registry and array-kind handling.
+
+A backend is a name (``"numpy"``, ``"cpu"``, ``"cuda"``) and a module that fills
+the registry ``{(op, backend): implementation}`` when it is first imported, so
+new ops and backends plug in without touching :mod:`numbanorm.functional`.
+Nothing here imports numba, let alone numba.cuda.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+
+BACKENDS = ("numpy", "cpu", "cuda")
+
+# The module that registers each backend's implementations when imported.
+_BACKEND_MODULES = {
+    "numpy": "numbanorm.reference",
+    "cpu": "numbanorm.cpu",
+    "cuda": "numbanorm.cuda",
+}
+
+_registry: dict[tuple[str, str], object] = {}
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "numbanorm_backend", default=None)
+_global_backend: str | None = None
+
+
+def register(op, backend):
+    """Class or object decorator: make ``impl`` the implementation of ``op`` on ``backend``."""
+    def decorate(impl):
+        _registry[(op, backend)] = impl
+        return impl
+    return decorate
+
+
+def _check_name(name, where):
+    if name not in BACKENDS:
+        raise ValueError(f"{where}: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def set_backend(name):
+    """Set the process-wide default backend (``None`` returns to inference from the arrays).
+
+    It ranks below ``backend=`` and ``with numbanorm.backend(...)`` and above the
+    ``NUMBANORM_BACKEND`` environment variable.
+    """
+    global _global_backend
+    _global_backend = None if name is None else _check_name(name, "set_backend")
+
+
+def get_backend():
+    """The backend forced by context, ``set_backend`` or ``NUMBANORM_BACKEND``; None if inferred."""
+    name = _context_backend.get() or _global_backend
+    if name is not None:
+        return name
+    env = os.environ.get("NUMBANORM_BACKEND")
+    return _check_name(env, "NUMBANORM_BACKEND") if env else None
+
+
+@contextlib.contextmanager
+def backend(name):
+    """Context manager choosing the backend for calls made inside it (per thread and task)."""
+    token = _context_backend.set(_check_name(name, "backend"))
+    try:
+        yield name
+    finally:
+        _context_backend.reset(token)
+
+
+def is_device_array(a):
+    """True for CUDA arrays: Numba device arrays, CuPy, torch CUDA tensors, simulator arrays."""
+    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")
+
+
+def infer_backend(*arrays):
+    """``"cuda"`` if any array lives on a GPU, else ``"cpu"``."""
+    return "cuda" if any(is_device_array(a) for a in arrays if a is not None) else "cpu"
+
+
+def resolve_backend(explicit, *arrays, default=None):
+    """Apply the precedence: argument > context > set_backend > env > ``default`` > arrays."""
+    if explicit is not None:
+        return _check_name(explicit, "backend=")
+    return get_backend() or default or infer_backend(*arrays)
+
+
+def available_backends():
+    """The backends usable in this process, in order of preference for NumPy input."""
+    names = ["numpy"]
+    for name in ("cpu", "cuda"):
+        try:
+            _load(name)
+        except (ImportError, RuntimeError):
+            continue
+        names.append(name)
+    return names
+
+
+def _load(name):
+    module = importlib.import_module(_BACKEND_MODULES[name])
+    check = getattr(module, "check_available", None)
+    if check is not None:
+        check()
+    return module
+
+
+def get_impl(op, name):
+    """The implementation of ``op`` on backend ``name``, importing the backend on first use."""
+    impl = _registry.get((op, name))
+    if impl is None:
+        try:
+            _load(name)
+        except ImportError as exc:
+            raise RuntimeError(f"backend {name!r} is not available: {exc}") from exc
+        impl = _registry.get((op, name))
+        if impl is None:
+            raise NotImplementedError(f"{op} has no implementation on the {name!r} backend")
+    return impl
+
+
+class Cache:
+    """What ``OP_backward`` needs from ``OP_forward``: references, never copies.
+
+    Attributes
+    ----------
+    op, backend : str
+        The operation and the backend that ran the forward.
+    mean, rstd : array
+        The statistics the forward normalized with (batch or running), in the
+        compute dtype: per channel for batch norm, per (sample, group) for group
+        norm, per (sample, channel) for instance norm, and with the shape of the
+        non-normalized axes for layer and RMS norm (``mean`` is None for RMS norm).
+    params : mapping
+        The validated arguments of the call (read-only).
+    saved : mapping
+        Backend-private arrays (read-only).
+    """
+
+    __slots__ = ("op", "backend", "mean", "rstd", "params", "saved")
+
+    def __init__(self, op, backend, mean, rstd, params, saved):
+        from types import MappingProxyType
+        for name, value in (("op", op), ("backend", backend), ("mean", mean), ("rstd", rstd),
+                            ("params", MappingProxyType(dict(params))),
+                            ("saved", MappingProxyType(dict(saved)))):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a numbanorm cache is immutable")
+
+    def __repr__(self):
+        return f"<numbanorm cache of {self.op} on {self.backend}>"

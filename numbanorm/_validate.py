@@ -1,0 +1,129 @@
+"""Shared argument checks and their error messages.
+
+Every public function runs these before any backend is called, so a call that
+fails has written nothing: running statistics, u vectors and outputs stay as
+they were.
+"""
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(name, a):
+    """The dtype of ``a``; TypeError unless it is float16, float32 or float64."""
+    dtype = np.dtype(getattr(a, "dtype", None) or np.asarray(a).dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype}; numbanorm supports float16, float32 and float64")
+    return dtype
+
+
+def compute_dtype(dtype):
+    """The dtype kernels compute in: float16 computes in float32."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def as_array(name, a):
+    """``a`` as an array (device arrays pass through); TypeError for non-numeric objects."""
+    if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__") or isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} cannot be read as an array: {exc}") from None
+    float_dtype(name, arr)
+    return arr
+
+
+def channel_axis(axis, ndim, name="axis"):
+    """Normalize a channel axis; it may not be axis 0, the batch axis."""
+    axis = _one_axis(axis, ndim, name)
+    if axis == 0:
+        raise ValueError(f"{name}=0 names the batch axis; the channel axis must be one of 1..{ndim - 1}")
+    return axis
+
+
+def _one_axis(axis, ndim, name):
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
+    return axis % ndim
+
+
+def axes(axis, ndim, name="axis"):
+    """Normalize an int or tuple of axes to a sorted tuple of distinct non-negative axes."""
+    items = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    if not items:
+        raise ValueError(f"{name} must name at least one axis")
+    out = tuple(sorted(_one_axis(a, ndim, name) for a in items))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}={axis!r} names an axis twice")
+    return out
+
+
+def min_ndim(x, ndim, op, what):
+    if x.ndim < ndim:
+        raise ValueError(f"{op} expects {what} (at least {ndim} dimensions), got shape {tuple(x.shape)}")
+
+
+def positive(name, value):
+    if not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def fraction(name, value):
+    if not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def param(name, a, shape, what):
+    """An optional affine parameter or statistic of exactly ``shape`` (None passes)."""
+    if a is None:
+        return None
+    a = as_array(name, a)
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}; expected {tuple(shape)} ({what})")
+    return a
+
+
+def buffer(name, a, shape, what):
+    """A running statistic updated in place: the right shape, a float dtype and writeable."""
+    a = param(name, a, shape, what)
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; running statistics are updated in place")
+    if a is not None and not (isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")
+                              or hasattr(a, "__cuda_ndarray__")):
+        raise TypeError(f"{name} must be an array (it is updated in place), got {type(a).__name__}")
+    return a
+
+
+def counter(name, a):
+    """A ``num_batches_tracked`` buffer: a one-element integer array, incremented in place."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray) or a.size != 1 or a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be a one-element integer array (it is incremented in place)")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is incremented in place")
+    return a
+
+
+def more_than_one(count, shape, what="value per channel"):
+    """PyTorch's training check: statistics of a single value are meaningless."""
+    if count <= 1:
+        raise ValueError(f"Expected more than 1 {what} when training, got input size {tuple(shape)}")
+
+
+def same_shape(name, a, shape):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}; expected {tuple(shape)}, the shape of x")

@@ -1,0 +1,437 @@
+"""The public operations: ``OP``, ``OP_forward`` and ``OP_backward`` for every op.
+
+Each function validates its arguments (see :mod:`numbanorm._validate`) before
+anything is computed or written, picks the backend (see
+:mod:`numbanorm._dispatch`) and calls that backend's implementation. float16
+input computes in float32 and is returned as float16. Semantics follow PyTorch.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import _validate as v
+from ._dispatch import Cache, get_impl, resolve_backend
+
+__all__ = [
+    "batch_norm", "batch_norm_forward", "batch_norm_backward",
+    "layer_norm", "layer_norm_forward", "layer_norm_backward",
+    "rms_norm", "rms_norm_forward", "rms_norm_backward",
+    "group_norm", "group_norm_forward", "group_norm_backward",
+    "instance_norm", "instance_norm_forward", "instance_norm_backward",
+]
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+def _in_compute_dtype(a, dtype):
+    """``a`` cast to the compute dtype (host arrays only; None passes)."""
+    if isinstance(a, np.ndarray) and a.dtype != dtype:
+        return a.astype(dtype)
+    return a
+
+
+def _as_dtype(a, dtype):
+    if a is None or a.dtype == dtype:
+        return a
+    return a.astype(dtype)
+
+
+def _momentum_factor(momentum, num_batches_tracked, updating):
+    """The running-average factor; ``momentum=None`` is the cumulative average.
+
+    Increments ``num_batches_tracked`` when statistics are updated, as PyTorch's
+    modules do. Only called once every check has passed.
+    """
+    if updating and num_batches_tracked is not None:
+        num_batches_tracked += 1
+    if momentum is not None:
+        return momentum
+    return 1.0 / float(num_batches_tracked.reshape(-1)[0]) if updating else 0.0
+
+
+def _check_momentum(momentum, num_batches_tracked, updating):
+    if momentum is None:
+        if updating and num_batches_tracked is None:
+            raise ValueError("momentum=None (the cumulative average) needs num_batches_tracked, "
+                             "the one-element counter it divides by")
+        return None
+    return v.fraction("momentum", momentum)
+
+
+def _run_forward(op, x, p, backend, *arrays):
+    name = resolve_backend(backend, x, *arrays)
+    impl = get_impl(op, name)
+    p.factor = _momentum_factor(getattr(p, "momentum", None), getattr(p, "num_batches_tracked", None),
+                                getattr(p, "update_running", False))
+    y, mean, rstd, saved = impl.forward(_in_compute_dtype(x, p.cdtype), p)
+    return _as_dtype(y, p.dtype), Cache(op, name, mean, rstd, vars(p), saved)
+
+
+def _run_backward(op, dy, cache, backend, params):
+    """Check ``dy`` against ``cache``, run the backend's backward, cast grads back."""
+    if not isinstance(cache, Cache) or cache.op != op:
+        got = cache.op if isinstance(cache, Cache) else type(cache).__name__
+        raise TypeError(f"{op}_backward needs the cache returned by {op}_forward, got {got}")
+    p = cache.params
+    dy = v.as_array("dy", dy)
+    v.same_shape("dy", dy, p["shape"])
+    name = resolve_backend(backend, dy, default=cache.backend)
+    grads = get_impl(op, name).backward(_in_compute_dtype(dy, p["cdtype"]), cache)
+    dtypes = [p["dtype"]] + [None if p[k] is None else p[k + "_dtype"] for k in params]
+    return tuple(None if g is None else _as_dtype(g, t) for g, t in zip(grads, dtypes))
+
+
+def _affine(p, shape, what, names=("weight", "bias")):
+    """Validate the affine parameters ``names`` of ``p`` and cast them to the compute dtype."""
+    for name in names:
+        a = v.param(name, getattr(p, name), shape, what)
+        setattr(p, name + "_dtype", None if a is None else a.dtype)
+        setattr(p, name, _in_compute_dtype(a, p.cdtype))
+
+
+def _start(x, op, min_ndim, what):
+    x = v.as_array("x", x)
+    v.min_ndim(x, min_ndim, op, what)
+    dtype = v.float_dtype("x", x)
+    return x, SimpleNamespace(shape=tuple(x.shape), dtype=dtype, cdtype=v.compute_dtype(dtype))
+
+
+def _running(p, running_mean, running_var, shape, what, updating):
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("give both running_mean and running_var, or neither")
+    check = v.buffer if updating else v.param
+    p.running_mean = check("running_mean", running_mean, shape, what)
+    p.running_var = check("running_var", running_var, shape, what)
+
+
+# ----------------------------------------------------------------------------- batch_norm
+
+def _batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                     num_batches_tracked):
+    x, p = _start(x, "batch_norm", 2, "(N, C, ...) input")
+    p.axis = v.channel_axis(axis, x.ndim)
+    channels = x.shape[p.axis]
+    what = f"one value per channel along axis {p.axis}"
+    p.weight, p.bias = weight, bias
+    _affine(p, (channels,), what)
+    p.training = bool(training)
+    p.update_running = p.training and running_mean is not None
+    _running(p, running_mean, running_var, (channels,), what, p.update_running)
+    if not p.training and p.running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    p.eps = v.positive("eps", eps)
+    p.num_batches_tracked = v.counter("num_batches_tracked", num_batches_tracked)
+    p.momentum = _check_momentum(momentum, p.num_batches_tracked, p.update_running)
+    if p.training:
+        v.more_than_one(x.size // max(channels, 1) if channels else 0, x.shape)
+    return x, p
+
+
+def batch_norm_forward(x, *, running_mean=None, running_var=None, weight=None, bias=None,
+                       training=False, momentum=0.1, eps=1e-5, axis=1, num_batches_tracked=None,
+                       backend=None):
+    """Batch normalization that also returns the cache for :func:`batch_norm_backward`.
+
+    See :func:`batch_norm` for the arguments.
+
+    Returns
+    -------
+    y : array
+        The normalized input, of the kind, shape and dtype of ``x``.
+    cache : Cache
+        References to what the backward needs, with the per-channel ``mean`` and
+        ``rstd`` used.
+    """
+    x, p = _batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                            axis, num_batches_tracked)
+    return _run_forward("batch_norm", x, p, backend, weight, bias, running_mean, running_var)
+
+
+def batch_norm(x, **kwargs):
+    """Batch normalization over every axis except the channel axis.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel. When
+    training, mean and (biased) var are the batch's, and the running statistics
+    are updated in place: ``running = (1 - momentum) * running + momentum * stat``
+    with the unbiased variance ``var * n / (n - 1)``. In eval the running
+    statistics are used and nothing is written.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, ...) or channels-last with ``axis``
+        Float16, float32 or float64 input; axis 0 is the batch axis.
+    running_mean, running_var : array of shape (C,), optional
+        Running statistics; updated in place when ``training``; required in eval.
+    weight, bias : array of shape (C,), optional
+        Affine parameters (identity when absent).
+    training : bool
+        Normalize with the batch statistics (and update the running ones).
+    momentum : float or None
+        Running-average factor; None is the cumulative average and needs
+        ``num_batches_tracked``.
+    eps : float
+        Added to the variance; must be positive.
+    axis : int
+        The channel axis (1 for NCHW, -1 for channels-last).
+    num_batches_tracked : integer array of one element, optional
+        Incremented in place each training call with running statistics.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+
+    Raises
+    ------
+    TypeError
+        For non-float arrays.
+    ValueError
+        For mismatched shapes, a bad axis, ``eps <= 0``, a single value per
+        channel while training, or missing running statistics in eval.
+    """
+    return batch_norm_forward(x, **kwargs)[0]
+
+
+def batch_norm_backward(dy, cache, *, backend=None):
+    """Gradients of :func:`batch_norm_forward`.
+
+    Parameters
+    ----------
+    dy : array
+        Gradient of the loss with respect to ``y``.
+    cache : Cache
+        The cache returned by :func:`batch_norm_forward`; it is not modified.
+    backend : str, optional
+        Defaults to the backend that ran the forward.
+
+    Returns
+    -------
+    dx, dweight, dbias : array or None
+        ``dweight``/``dbias`` are None when the forward had no weight/bias.
+    """
+    return _run_backward("batch_norm", dy, cache, backend, ("weight", "bias"))
+
+
+# ----------------------------------------------------------------------------- layer_norm
+
+def _layer_norm_args(x, weight, bias, axis, eps, op, names):
+    x, p = _start(x, op, 1, "an input with at least one axis")
+    p.axes = v.axes(axis, x.ndim)
+    p.normalized_shape = tuple(x.shape[a] for a in p.axes)
+    p.weight, p.bias = weight, bias
+    _affine(p, p.normalized_shape, f"the shape of x over axes {p.axes}", names)
+    if eps is None:
+        eps = float(np.finfo(p.dtype).eps)
+    p.eps = v.positive("eps", eps)
+    return x, p
+
+
+def layer_norm_forward(x, *, weight=None, bias=None, axis=-1, eps=1e-5, backend=None):
+    """Layer normalization that also returns the cache for :func:`layer_norm_backward`.
+
+    See :func:`layer_norm` for the arguments. ``cache.mean`` and ``cache.rstd``
+    have the shape of ``x`` over the axes that are not normalized.
+    """
+    x, p = _layer_norm_args(x, weight, bias, axis, eps, "layer_norm", ("weight", "bias"))
+    return _run_forward("layer_norm", x, p, backend, weight, bias)
+
+
+def layer_norm(x, **kwargs):
+    """Layer normalization over any set of axes.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with mean and biased
+    variance over ``axis`` for each index of the other axes.
+
+    Parameters
+    ----------
+    x : array
+        Float16, float32 or float64 input.
+    weight, bias : array, optional
+        Shape of ``x`` over the normalized axes, e.g. ``(C,)`` for ``axis=1`` of NCHW.
+    axis : int or tuple of int
+        The normalized axes (default the last); any axes, in any layout.
+    eps : float
+        Added to the variance; must be positive.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+    """
+    return layer_norm_forward(x, **kwargs)[0]
+
+
+def layer_norm_backward(dy, cache, *, backend=None):
+    """Gradients of :func:`layer_norm_forward`: ``(dx, dweight, dbias)``, None for absent params."""
+    return _run_backward("layer_norm", dy, cache, backend, ("weight", "bias"))
+
+
+# ----------------------------------------------------------------------------- rms_norm
+
+def rms_norm_forward(x, *, weight=None, axis=-1, eps=None, backend=None):
+    """RMS normalization that also returns the cache for :func:`rms_norm_backward`.
+
+    See :func:`rms_norm` for the arguments.
+    """
+    x, p = _layer_norm_args(x, weight, None, axis, eps, "rms_norm", ("weight",))
+    return _run_forward("rms_norm", x, p, backend, weight)
+
+
+def rms_norm(x, **kwargs):
+    """Root-mean-square normalization: ``y = x / sqrt(mean(x**2) + eps) * weight``.
+
+    Parameters
+    ----------
+    x : array
+        Float16, float32 or float64 input.
+    weight : array, optional
+        Shape of ``x`` over the normalized axes.
+    axis : int or tuple of int
+        The normalized axes (default the last).
+    eps : float, optional
+        Added to the mean square; None is ``finfo(x.dtype).eps``, as in PyTorch.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+    """
+    return rms_norm_forward(x, **kwargs)[0]
+
+
+def rms_norm_backward(dy, cache, *, backend=None):
+    """Gradients of :func:`rms_norm_forward`: ``(dx, dweight)``, None for an absent weight."""
+    return _run_backward("rms_norm", dy, cache, backend, ("weight",))
+
+
+# ----------------------------------------------------------------------------- group_norm
+
+def group_norm_forward(x, num_groups, *, weight=None, bias=None, axis=1, eps=1e-5, backend=None):
+    """Group normalization that also returns the cache for :func:`group_norm_backward`.
+
+    See :func:`group_norm` for the arguments. ``cache.mean`` and ``cache.rstd``
+    have shape ``(N, num_groups)``.
+    """
+    x, p = _start(x, "group_norm", 2, "(N, C, ...) input")
+    p.axis = v.channel_axis(axis, x.ndim)
+    channels = x.shape[p.axis]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
+        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+    if channels % num_groups:
+        raise ValueError("Expected number of channels in input to be divisible by num_groups, "
+                         f"but got input of shape {tuple(x.shape)} and num_groups={num_groups}")
+    p.num_groups = int(num_groups)
+    p.weight, p.bias = weight, bias
+    _affine(p, (channels,), f"one value per channel along axis {p.axis}")
+    p.eps = v.positive("eps", eps)
+    return _run_forward("group_norm", x, p, backend, weight, bias)
+
+
+def group_norm(x, num_groups, **kwargs):
+    """Group normalization: statistics over each group of channels and all spatial axes.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, ...) or channels-last with ``axis``
+        Float16, float32 or float64 input.
+    num_groups : int
+        Number of groups; must divide the number of channels.
+    weight, bias : array of shape (C,), optional
+        Per-channel affine parameters.
+    axis : int
+        The channel axis.
+    eps : float
+        Added to the variance; must be positive.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+    """
+    return group_norm_forward(x, num_groups, **kwargs)[0]
+
+
+def group_norm_backward(dy, cache, *, backend=None):
+    """Gradients of :func:`group_norm_forward`: ``(dx, dweight, dbias)``, None for absent params."""
+    return _run_backward("group_norm", dy, cache, backend, ("weight", "bias"))
+
+
+# ----------------------------------------------------------------------------- instance_norm
+
+def instance_norm_forward(x, *, weight=None, bias=None, running_mean=None, running_var=None,
+                          use_input_stats=True, momentum=0.1, eps=1e-5, axis=1,
+                          num_batches_tracked=None, backend=None):
+    """Instance normalization that also returns the cache for :func:`instance_norm_backward`.
+
+    See :func:`instance_norm` for the arguments. ``cache.mean`` and ``cache.rstd``
+    have shape ``(N, C)`` with input statistics, ``(C,)`` with running ones.
+    """
+    x, p = _start(x, "instance_norm", 2, "(N, C, ...) input")
+    p.axis = v.channel_axis(axis, x.ndim)
+    channels = x.shape[p.axis]
+    what = f"one value per channel along axis {p.axis}"
+    p.weight, p.bias = weight, bias
+    _affine(p, (channels,), what)
+    p.use_input_stats = bool(use_input_stats)
+    p.update_running = p.use_input_stats and running_mean is not None
+    _running(p, running_mean, running_var, (channels,), what, p.update_running)
+    if not p.use_input_stats and p.running_mean is None:
+        raise ValueError("running_mean and running_var are required when use_input_stats=False")
+    p.eps = v.positive("eps", eps)
+    p.num_batches_tracked = v.counter("num_batches_tracked", num_batches_tracked)
+    p.momentum = _check_momentum(momentum, p.num_batches_tracked, p.update_running)
+    if p.use_input_stats:
+        spatial = math.prod(s for i, s in enumerate(x.shape) if i not in (0, p.axis))
+        v.more_than_one(spatial, x.shape, "spatial element")
+    return _run_forward("instance_norm", x, p, backend, weight, bias, running_mean, running_var)
+
+
+def instance_norm(x, **kwargs):
+    """Instance normalization: statistics per sample and channel over the spatial axes.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, ...) or channels-last with ``axis``
+        Float16, float32 or float64 input.
+    weight, bias : array of shape (C,), optional
+        Per-channel affine parameters.
+    running_mean, running_var : array of shape (C,), optional
+        Updated in place, with the batch average of the per-instance mean and
+        unbiased variance, when ``use_input_stats``; used instead of the input's
+        statistics when ``use_input_stats=False``.
+    use_input_stats : bool
+        Normalize with each instance's statistics (PyTorch's default).
+    momentum : float or None
+        Running-average factor; None is the cumulative average and needs
+        ``num_batches_tracked``.
+    eps : float
+        Added to the variance; must be positive.
+    axis : int
+        The channel axis.
+    num_batches_tracked : integer array of one element, optional
+        Incremented in place each call that updates running statistics.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+    """
+    return instance_norm_forward(x, **kwargs)[0]
+
+
+def instance_norm_backward(dy, cache, *, backend=None):
+    """Gradients of :func:`instance_norm_forward`: ``(dx, dweight, dbias)``, None for absent params."""
+    return _run_backward("instance_norm", dy, cache, backend, ("weight", "bias"))

@@ -1,0 +1,10 @@
+"""Reference RMS norm: layer norm without centering and without bias."""
+from . import layer_norm
+
+
+def forward(x, p):
+    return layer_norm.forward(x, p, center=False)
+
+
+def backward(dy, cache):
+    return layer_norm.backward(dy, cache, center=False)
