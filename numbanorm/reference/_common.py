@@ -1,6 +1,8 @@
 """The math every reference op shares, in float64 NumPy."""
 import numpy as np
 
+from .._host import update_running  # noqa: F401  (shared with the cpu backend)
+
 
 def moments(x, axes, center=True):
     """Mean (zero when not ``center``) and biased second central moment over ``axes``, keepdims."""
@@ -39,11 +41,6 @@ def affine_grads(dy, xhat, weight, bias, axes):
     dweight = None if weight is None else (dy * xhat).sum(axis=axes)
     dbias = None if bias is None else dy.sum(axis=axes)
     return dweight, dbias
-
-
-def update_running(running, stat, factor):
-    """PyTorch's running average, in place: ``running = (1 - factor) * running + factor * stat``."""
-    running[...] = (1.0 - factor) * running.astype(np.float64) + factor * stat
 
 
 def other_axes(ndim, *keep):

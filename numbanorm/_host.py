@@ -1,0 +1,38 @@
+"""Host-side helpers shared by the backends: canonical views and running statistics."""
+import math
+
+import numpy as np
+
+
+def rows_view(x, axes):
+    """``x`` as C-contiguous rows ``(R, L)``, one row per index of the axes not in ``axes``.
+
+    ``axes`` go last, in the order given (so a tuple ``(c, *spatial)`` puts the
+    channel before the spatial axes). A copy is made only when ``x`` is not
+    already laid out that way. Returns ``(x2, undo)`` where ``undo(y2)`` gives
+    an array of ``x``'s shape back.
+    """
+    keep = [i for i in range(x.ndim) if i not in axes]
+    perm = keep + list(axes)
+    moved = x if perm == sorted(perm) else x.transpose(perm)
+    moved = np.ascontiguousarray(moved)
+    length = math.prod(x.shape[a] for a in axes)
+    inverse = np.argsort(perm)
+
+    def undo(y2):
+        y = y2.reshape(moved.shape)
+        return y if perm == sorted(perm) else y.transpose(inverse)
+
+    rows = math.prod(x.shape[i] for i in keep)
+    return moved.reshape(rows, length), undo
+
+
+def channel_view(x, axis):
+    """``x`` as a C-contiguous ``(A, C, B)`` array with the channel axis in the middle."""
+    x = np.ascontiguousarray(x)
+    return x.reshape(math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
+
+
+def update_running(running, stat, factor):
+    """PyTorch's running average, in place: ``running = (1 - factor) * running + factor * stat``."""
+    running[...] = (1.0 - factor) * running.astype(np.float64) + factor * stat

@@ -1,0 +1,30 @@
+"""Layer norm on the CPU: the normalized axes become rows, one weight per element of a row."""
+from .._host import rows_view
+from . import rowwise
+
+CENTER = True
+
+
+def _kept_shape(shape, axes):
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+def forward(x, p, center=CENTER):
+    x2, undo = rows_view(x, p.axes)
+    length = x2.shape[1]
+    y2, mean, rstd, _ = rowwise.forward(x2, p.weight, getattr(p, "bias", None), 1, length, p.eps, center)
+    kept = _kept_shape(x.shape, p.axes)
+    public_mean = mean.reshape(kept).astype(p.cdtype) if center else None
+    return undo(y2), public_mean, rstd.reshape(kept).astype(p.cdtype), {"x2": x2, "mean": mean, "rstd": rstd}
+
+
+def backward(dy, cache, center=CENTER):
+    p, s = cache.params, cache.saved
+    dy2, undo = rows_view(dy, p["axes"])
+    x2 = s["x2"]
+    dx2, dweight, dbias = rowwise.backward(x2, dy2, p["weight"], 1, x2.shape[1], s["mean"], s["rstd"], center)
+    shape = p["normalized_shape"]
+    dweight = None if p["weight"] is None else dweight.reshape(shape)
+    if not center:
+        return undo(dx2), dweight
+    return undo(dx2), dweight, None if p["bias"] is None else dbias.reshape(shape)

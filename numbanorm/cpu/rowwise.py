@@ -1,0 +1,137 @@
+"""The shared "normalize rows" primitive: layer, RMS, group and instance norm.
+
+Every row-wise op is put in the form ``x2`` of shape ``(R, L)``, C-contiguous,
+one normalized group per row. The affine parameters are a vector ``w`` of
+``period * nseg`` entries: row ``r`` is cut into ``nseg`` equal segments and
+segment ``q`` uses ``w[(r % period) * nseg + q]``. So layer norm is
+``period=1, nseg=L`` (one weight per element), instance norm
+``period=C, nseg=1`` (one per row) and group norm ``period=G, nseg=C // G``
+(one per channel of the group).
+
+Per row: mean, then the sum of squared deviations around it (two passes over a
+row that stays in cache, float64 accumulation), then the output. Arithmetic is
+in float64 and rounded once on store, so large-mean float32 data keeps its
+precision.
+"""
+import numpy as np
+from numba import prange
+
+from ._kernel import ITEM_ELEMENTS, helper, items, kernel
+
+
+@helper
+def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out):
+    L = x.shape[1]
+    seg = L // nseg
+    row, out = x[r], y[r]
+    mean = 0.0
+    if center:
+        total = 0.0
+        for j in range(L):
+            total += row[j]
+        mean = total / L
+    squares = 0.0
+    for j in range(L):
+        d = row[j] - mean
+        squares += d * d
+    var = squares / L
+    rstd = 1.0 / np.sqrt(var + eps)
+    mean_out[r], rstd_out[r], var_out[r] = mean, rstd, var
+    base = (r % period) * nseg
+    if seg == 1:
+        for j in range(L):
+            out[j] = (row[j] - mean) * (rstd * w[base + j]) + b[base + j]
+    else:
+        for q in range(nseg):
+            scale, shift = rstd * w[base + q], 1.0 * b[base + q]
+            for j in range(q * seg, (q + 1) * seg):
+                out[j] = (row[j] - mean) * scale + shift
+
+
+@kernel
+def _forward(x, y, w, b, period, nseg, eps, center, mean_out, rstd_out, var_out):
+    for r in prange(x.shape[0]):
+        _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out)
+
+
+@helper
+def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_acc):
+    """dx of one row, adding its dweight/dbias terms to the block's accumulators.
+
+    With g = dy * w and xhat = (x - mean) * rstd:
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
+    """
+    L = x.shape[1]
+    seg = L // nseg
+    xr, gr, out = x[r], dy[r], dx[r]
+    m, rs = mean[r], rstd[r]
+    base = (r % period) * nseg
+    sum_g = 0.0
+    sum_gx = 0.0
+    if seg == 1:
+        for j in range(L):
+            xhat = (xr[j] - m) * rs
+            d = 1.0 * gr[j]
+            dw_acc[base + j] += d * xhat
+            db_acc[base + j] += d
+            sum_g += d * w[base + j]
+            sum_gx += d * w[base + j] * xhat
+    else:
+        for q in range(nseg):
+            sum_dy = 0.0
+            sum_dyx = 0.0
+            for j in range(q * seg, (q + 1) * seg):
+                d = 1.0 * gr[j]
+                sum_dy += d
+                sum_dyx += d * ((xr[j] - m) * rs)
+            dw_acc[base + q] += sum_dyx
+            db_acc[base + q] += sum_dy
+            sum_g += w[base + q] * sum_dy
+            sum_gx += w[base + q] * sum_dyx
+    mean_g = sum_g / L if center else 0.0
+    mean_gx = sum_gx / L
+    for q in range(nseg):
+        for j in range(q * seg, (q + 1) * seg):
+            xhat = (xr[j] - m) * rs
+            wj = w[base + (j if seg == 1 else q)]
+            out[j] = rs * (gr[j] * wj - mean_g - xhat * mean_gx)
+
+
+@kernel
+def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part):
+    R = x.shape[0]
+    for k in prange(dw_part.shape[0]):
+        for r in range(k * rows_per_item, min(R, (k + 1) * rows_per_item)):
+            _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_part[k], db_part[k])
+
+
+def _params(a, n, fill, dtype):
+    return np.full(n, fill, dtype) if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+def forward(x2, weight, bias, period, nseg, eps, center):
+    """Normalize each row of ``x2``; returns ``y2`` and float64 ``mean``, ``rstd``, ``var`` per row."""
+    R, L = x2.shape
+    w = _params(weight, period * nseg, 1.0, x2.dtype)
+    b = _params(bias, period * nseg, 0.0, x2.dtype)
+    y2 = np.empty_like(x2)
+    mean, rstd, var = np.empty(R), np.empty(R), np.empty(R)
+    _forward(x2, y2, w, b, period, nseg, eps, center, mean, rstd, var, work=x2.size)
+    return y2, mean, rstd, var
+
+
+def backward(x2, dy2, weight, period, nseg, mean, rstd, center):
+    """dx2 and the float64 per-entry sums dweight = sum(dy * xhat), dbias = sum(dy)."""
+    R, L = x2.shape
+    w = _params(weight, period * nseg, 1.0, x2.dtype)
+    # Partial dweight/dbias per block of rows, summed afterwards: a fixed number of
+    # blocks (set by the shapes, not the threads) bounded so the partials stay small.
+    blocks = max(1, min(64, items(R, max(1, ITEM_ELEMENTS // max(L, 1))), (1 << 21) // (period * nseg)))
+    rows_per_item = items(R, blocks) or 1
+    blocks = items(R, rows_per_item)
+    dw_part = np.zeros((blocks, period * nseg))
+    db_part = np.zeros((blocks, period * nseg))
+    dx2 = np.empty_like(x2)
+    _backward(x2, dy2, dx2, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part,
+              work=x2.size)
+    return dx2, dw_part.sum(axis=0), db_part.sum(axis=0)
