@@ -14,6 +14,7 @@ import types
 
 import numba
 from numba import njit
+from numba.extending import overload
 
 # reassoc lets LLVM vectorise reductions (the order is still fixed by the code, so
 # results stay reproducible); no nnan/ninf, so NaN and inf propagate as in NumPy.
@@ -50,6 +51,17 @@ _launch_guard = threading.Lock() if _choose_threading_layer() else contextlib.nu
 
 helper = njit(**OPTIONS)
 """Decorator for the per-row / per-item device of a kernel (called from inside kernels)."""
+
+
+def cast_like(arr, value):
+    """``value`` converted to ``arr``'s dtype (inside kernels: a float64 statistic to float32)."""
+    raise NotImplementedError("cast_like is only callable from compiled code")
+
+
+@overload(cast_like)
+def _cast_like(arr, value):
+    dtype = arr.dtype
+    return lambda arr, value: dtype(value)
 
 
 class Kernel:

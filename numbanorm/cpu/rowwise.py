@@ -16,14 +16,17 @@ precision.
 import numpy as np
 from numba import prange
 
-from ._kernel import ITEM_ELEMENTS, helper, items, kernel
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel
 
 
 @helper
-def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out):
-    L = x.shape[1]
-    seg = L // nseg
-    row, out = x[r], y[r]
+def _row_stats(row, center, eps):
+    """Mean (0 without centering), biased variance and 1/sqrt(var + eps) of a row, in float64.
+
+    Two passes over a row that stays in cache: the sum of squared deviations from
+    the mean, never E[x^2] - E[x]^2.
+    """
+    L = row.shape[0]
     mean = 0.0
     if center:
         total = 0.0
@@ -35,17 +38,38 @@ def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, v
         d = row[j] - mean
         squares += d * d
     var = squares / L
-    rstd = 1.0 / np.sqrt(var + eps)
+    return mean, var, 1.0 / np.sqrt(var + eps)
+
+
+@helper
+def _xhat_terms(row, mean, rstd):
+    """Scalars in the row's dtype such that ``xhat = (x - m_hi) * rs + lo``.
+
+    ``m_hi`` is the mean rounded to the row's dtype; the rounding error goes
+    into ``lo``, so float32 data with a large mean keeps float64 accuracy.
+    """
+    m_hi = cast_like(row, mean)
+    return m_hi, cast_like(row, rstd), cast_like(row, -(mean - m_hi) * rstd)
+
+
+@helper
+def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out):
+    L = x.shape[1]
+    seg = L // nseg
+    row, out = x[r], y[r]
+    mean, var, rstd = _row_stats(row, center, eps)
     mean_out[r], rstd_out[r], var_out[r] = mean, rstd, var
+    m, rs, lo = _xhat_terms(row, mean, rstd)
     base = (r % period) * nseg
     if seg == 1:
+        wr, br = w[base:base + L], b[base:base + L]
         for j in range(L):
-            out[j] = (row[j] - mean) * (rstd * w[base + j]) + b[base + j]
+            out[j] = ((row[j] - m) * rs + lo) * wr[j] + br[j]
     else:
         for q in range(nseg):
-            scale, shift = rstd * w[base + q], 1.0 * b[base + q]
+            scale, shift = rs * w[base + q], lo * w[base + q] + b[base + q]
             for j in range(q * seg, (q + 1) * seg):
-                out[j] = (row[j] - mean) * scale + shift
+                out[j] = (row[j] - m) * scale + shift
 
 
 @kernel
@@ -64,37 +88,42 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
     L = x.shape[1]
     seg = L // nseg
     xr, gr, out = x[r], dy[r], dx[r]
-    m, rs = mean[r], rstd[r]
+    m, rs, lo = _xhat_terms(xr, mean[r], rstd[r])
     base = (r % period) * nseg
     sum_g = 0.0
     sum_gx = 0.0
     if seg == 1:
+        wr, dwr, dbr = w[base:base + L], dw_acc[base:base + L], db_acc[base:base + L]
         for j in range(L):
-            xhat = (xr[j] - m) * rs
-            d = 1.0 * gr[j]
-            dw_acc[base + j] += d * xhat
-            db_acc[base + j] += d
-            sum_g += d * w[base + j]
-            sum_gx += d * w[base + j] * xhat
+            xhat = (xr[j] - m) * rs + lo
+            dwr[j] += gr[j] * xhat
+            dbr[j] += gr[j]
+            g = gr[j] * wr[j]
+            sum_g += g
+            sum_gx += g * xhat
     else:
         for q in range(nseg):
             sum_dy = 0.0
             sum_dyx = 0.0
             for j in range(q * seg, (q + 1) * seg):
-                d = 1.0 * gr[j]
-                sum_dy += d
-                sum_dyx += d * ((xr[j] - m) * rs)
+                sum_dy += gr[j]
+                sum_dyx += gr[j] * ((xr[j] - m) * rs + lo)
             dw_acc[base + q] += sum_dyx
             db_acc[base + q] += sum_dy
             sum_g += w[base + q] * sum_dy
             sum_gx += w[base + q] * sum_dyx
-    mean_g = sum_g / L if center else 0.0
-    mean_gx = sum_gx / L
-    for q in range(nseg):
-        for j in range(q * seg, (q + 1) * seg):
-            xhat = (xr[j] - m) * rs
-            wj = w[base + (j if seg == 1 else q)]
-            out[j] = rs * (gr[j] * wj - mean_g - xhat * mean_gx)
+    mean_g = cast_like(xr, sum_g / L if center else 0.0)
+    mean_gx = cast_like(xr, sum_gx / L)
+    if seg == 1:
+        for j in range(L):
+            xhat = (xr[j] - m) * rs + lo
+            out[j] = rs * (gr[j] * wr[j] - mean_g - xhat * mean_gx)
+    else:
+        for q in range(nseg):
+            wq = w[base + q]
+            for j in range(q * seg, (q + 1) * seg):
+                xhat = (xr[j] - m) * rs + lo
+                out[j] = rs * (gr[j] * wq - mean_g - xhat * mean_gx)
 
 
 @kernel

@@ -7,11 +7,11 @@ from ._common import affine, affine_grads, channel_shape, moments, normalized_gr
 def _grouped(x, axis, groups):
     """x with the channel axis moved to 1 and split: shape (N, G, C // G, *spatial)."""
     x = np.moveaxis(x, axis, 1)
-    return x.reshape(x.shape[0], groups, -1, *x.shape[2:])
+    return x.reshape(x.shape[0], groups, x.shape[1] // groups, *x.shape[2:])
 
 
 def _ungrouped(xg, axis):
-    xg = xg.reshape(xg.shape[0], -1, *xg.shape[3:])
+    xg = xg.reshape(xg.shape[0], xg.shape[1] * xg.shape[2], *xg.shape[3:])
     return np.moveaxis(xg, 1, axis)
 
 
