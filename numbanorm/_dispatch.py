@@ -11,6 +11,9 @@ import contextlib
 import contextvars
 import importlib
 import os
+from types import MappingProxyType
+
+import numpy as np
 
 BACKENDS = ("numpy", "cpu", "cuda")
 
@@ -77,7 +80,10 @@ def is_device_array(a):
 
 def infer_backend(*arrays):
     """``"cuda"`` if any array lives on a GPU, else ``"cpu"``."""
-    return "cuda" if any(is_device_array(a) for a in arrays if a is not None) else "cpu"
+    for a in arrays:
+        if a is not None and not isinstance(a, np.ndarray) and is_device_array(a):
+            return "cuda"
+    return "cpu"
 
 
 def resolve_backend(explicit, *arrays, default=None):
@@ -142,13 +148,15 @@ class Cache:
     __slots__ = ("op", "backend", "mean", "rstd", "params", "saved")
 
     def __init__(self, op, backend, mean, rstd, params, saved):
-        from types import MappingProxyType
         for name, value in (("op", op), ("backend", backend), ("mean", mean), ("rstd", rstd),
                             ("params", MappingProxyType(dict(params))),
                             ("saved", MappingProxyType(dict(saved)))):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
+        raise AttributeError("a numbanorm cache is immutable")
+
+    def __delattr__(self, name):
         raise AttributeError("a numbanorm cache is immutable")
 
     def __repr__(self):

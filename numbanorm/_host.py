@@ -14,16 +14,15 @@ def rows_view(x, axes):
     """
     keep = [i for i in range(x.ndim) if i not in axes]
     perm = keep + list(axes)
-    moved = x if perm == sorted(perm) else x.transpose(perm)
-    moved = np.ascontiguousarray(moved)
-    length = math.prod(x.shape[a] for a in axes)
-    inverse = np.argsort(perm)
+    in_place = perm == list(range(x.ndim))
+    moved = np.ascontiguousarray(x if in_place else x.transpose(perm))
+    length = math.prod([x.shape[a] for a in axes])
 
     def undo(y2):
         y = y2.reshape(moved.shape)
-        return y if perm == sorted(perm) else y.transpose(inverse)
+        return y if in_place else y.transpose([perm.index(i) for i in range(len(perm))])
 
-    rows = math.prod(x.shape[i] for i in keep)
+    rows = math.prod([x.shape[i] for i in keep])
     return moved.reshape(rows, length), undo
 
 

@@ -78,8 +78,11 @@ def _run_backward(op, dy, cache, backend, params):
     p = cache.params
     dy = v.as_array("dy", dy)
     v.same_shape("dy", dy, p["shape"])
-    name = resolve_backend(backend, dy, default=cache.backend)
-    grads = get_impl(op, name).backward(_in_compute_dtype(dy, p["cdtype"]), cache)
+    # The cache holds the forward backend's private arrays: backward runs there.
+    if backend is not None and resolve_backend(backend) != cache.backend:
+        raise ValueError(f"this cache was made by the {cache.backend!r} backend; its backward "
+                         f"cannot run on {backend!r}")
+    grads = get_impl(op, cache.backend).backward(_in_compute_dtype(dy, p["cdtype"]), cache)
     dtypes = [p["dtype"]] + [None if p[k] is None else p[k + "_dtype"] for k in params]
     return tuple(None if g is None else _as_dtype(g, t) for g, t in zip(grads, dtypes))
 
@@ -207,7 +210,7 @@ def batch_norm_backward(dy, cache, *, backend=None):
     cache : Cache
         The cache returned by :func:`batch_norm_forward`; it is not modified.
     backend : str, optional
-        Defaults to the backend that ran the forward.
+        The backend that ran the forward (the default; another raises ValueError).
 
     Returns
     -------

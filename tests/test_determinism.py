@@ -1,0 +1,92 @@
+"""The "cpu" backend's results do not depend on the number of threads or on concurrency.
+
+Shapes are large enough to take the parallel path. Results must be bitwise equal
+with one Numba thread and with all of them, and when 8 Python threads call the
+same op at once.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from _helpers import GRAD_NAMES, assert_bitwise, backward, copy_kwargs, forward, make_params, rng_for
+
+numba = pytest.importorskip("numba")
+
+Setup = namedtuple("Setup", "op shape kw affine running")
+SETUPS = [
+    Setup("layer_norm", (512, 300), dict(axis=-1), "wb", False),
+    Setup("layer_norm", (16, 8, 30, 30), dict(axis=(1, 3)), "wb", False),
+    Setup("rms_norm", (512, 300), dict(axis=-1), "w", False),
+    Setup("batch_norm", (16, 8, 30, 30), dict(training=True), "wb", True),
+    Setup("batch_norm", (16, 30, 30, 8), dict(training=True, axis=-1), "wb", True),
+    Setup("batch_norm", (16, 8, 30, 30), dict(training=False), "wb", True),
+    Setup("group_norm", (8, 16, 20, 20), dict(num_groups=4), "wb", False),
+    Setup("group_norm", (8, 20, 20, 16), dict(num_groups=4, axis=-1), "wb", False),
+    Setup("instance_norm", (8, 16, 20, 20), dict(), "wb", True),
+    Setup("instance_norm", (8, 20, 20, 16), dict(axis=-1), "wb", True),
+]
+IDS = [f"{s.op}-{'x'.join(map(str, s.shape))}-{'-'.join(f'{k}{v}' for k, v in s.kw.items())}" for s in SETUPS]
+
+
+def _inputs(s):
+    rng = rng_for("determinism", s.op, s.shape, tuple(s.kw.items()))
+    x = (1.0 + 2.0 * rng.standard_normal(s.shape)).astype(np.float32)
+    dy = rng.standard_normal(s.shape).astype(np.float32)
+    kw = make_params(rng, s.op, s.shape, s.kw, s.affine, s.running, np.float32)
+    return x, dy, kw
+
+
+def _run(s, x, dy, kw):
+    """Forward and backward on "cpu"; returns every output array, running stats included."""
+    kw = copy_kwargs(kw)
+    y, cache = forward(s.op, x, "cpu", **kw)
+    grads = backward(s.op, dy, cache)
+    out = {"y": y, "mean": cache.mean, "rstd": cache.rstd}
+    out.update(zip(GRAD_NAMES[s.op], grads))
+    out.update({k: kw[k] for k in ("running_mean", "running_var") if k in kw})
+    return out
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert_bitwise(a[k], b[k], k)
+
+
+@pytest.mark.parametrize("s", SETUPS, ids=IDS)
+def test_bitwise_equal_for_any_thread_count(s):
+    x, dy, kw = _inputs(s)
+    most = numba.config.NUMBA_NUM_THREADS
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run(s, x, dy, kw)
+        numba.set_num_threads(most)
+        many = _run(s, x, dy, kw)
+        if most > 2:
+            numba.set_num_threads(max(2, most // 2 + 1))  # an uneven split of the work too
+            _assert_same(_run(s, x, dy, kw), one)
+    finally:
+        numba.set_num_threads(before)
+    _assert_same(many, one)
+
+
+@pytest.mark.parametrize("s", [SETUPS[0], SETUPS[3], SETUPS[6], SETUPS[9]], ids=[IDS[0], IDS[3], IDS[6], IDS[9]])
+def test_concurrent_python_threads_get_identical_results(s):
+    x, dy, kw = _inputs(s)
+    single = _run(s, x, dy, kw)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(_run, s, x, dy, kw) for _ in range(8)]
+        results = [f.result(timeout=300) for f in futures]
+    for r in results:
+        _assert_same(r, single)
+
+
+def test_repeated_calls_are_bitwise_equal():
+    s = SETUPS[3]
+    x, dy, kw = _inputs(s)
+    _assert_same(_run(s, x, dy, kw), _run(s, x, dy, kw))
