@@ -13,6 +13,8 @@ row that stays in cache, float64 accumulation), then the output. Arithmetic is
 in float64 and rounded once on store, so large-mean float32 data keeps its
 precision.
 """
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -134,8 +136,16 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_
             _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_part[k], db_part[k])
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(n, fill, dtype):
+    """A read-only vector standing in for an absent weight (ones) or bias (zeros)."""
+    a = np.full(n, fill, dtype)
+    a.flags.writeable = False
+    return a
+
+
 def _params(a, n, fill, dtype):
-    return np.full(n, fill, dtype) if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    return _constant(n, fill, dtype) if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
 def forward(x2, weight, bias, period, nseg, eps, center):
