@@ -69,9 +69,11 @@ def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, v
             out[j] = ((row[j] - m) * rs + lo) * wr[j] + br[j]
     else:
         for q in range(nseg):
+            # Slices, so each inner loop runs from 0 and LLVM vectorises it.
+            src, dst = row[q * seg:(q + 1) * seg], out[q * seg:(q + 1) * seg]
             scale, shift = rs * w[base + q], lo * w[base + q] + b[base + q]
-            for j in range(q * seg, (q + 1) * seg):
-                out[j] = (row[j] - m) * scale + shift
+            for j in range(seg):
+                dst[j] = (src[j] - m) * scale + shift
 
 
 @kernel
@@ -105,11 +107,12 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
             sum_gx += g * xhat
     else:
         for q in range(nseg):
+            xs, gs = xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg]
             sum_dy = 0.0
             sum_dyx = 0.0
-            for j in range(q * seg, (q + 1) * seg):
-                sum_dy += gr[j]
-                sum_dyx += gr[j] * ((xr[j] - m) * rs + lo)
+            for j in range(seg):
+                sum_dy += gs[j]
+                sum_dyx += gs[j] * ((xs[j] - m) * rs + lo)
             dw_acc[base + q] += sum_dyx
             db_acc[base + q] += sum_dy
             sum_g += w[base + q] * sum_dy
@@ -122,10 +125,11 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
             out[j] = rs * (gr[j] * wr[j] - mean_g - xhat * mean_gx)
     else:
         for q in range(nseg):
+            xs, gs, dst = xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg], out[q * seg:(q + 1) * seg]
             wq = w[base + q]
-            for j in range(q * seg, (q + 1) * seg):
-                xhat = (xr[j] - m) * rs + lo
-                out[j] = rs * (gr[j] * wq - mean_g - xhat * mean_gx)
+            for j in range(seg):
+                xhat = (xs[j] - m) * rs + lo
+                dst[j] = rs * (gs[j] * wq - mean_g - xhat * mean_gx)
 
 
 @kernel
