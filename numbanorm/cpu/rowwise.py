@@ -83,6 +83,14 @@ def _forward(x, y, w, b, period, nseg, eps, center, mean_out, rstd_out, var_out)
 
 
 @helper
+def _accumulate(xs, gs, m, rs, lo, dw, db):
+    """dw += dy * xhat and db += dy, elementwise."""
+    for j in range(xs.shape[0]):
+        dw[j] += gs[j] * ((xs[j] - m) * rs + lo)
+        db[j] += gs[j]
+
+
+@helper
 def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_acc):
     """dx of one row, adding its dweight/dbias terms to the block's accumulators.
 
@@ -98,13 +106,12 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
     sum_gx = 0.0
     if seg == 1:
         wr, dwr, dbr = w[base:base + L], dw_acc[base:base + L], db_acc[base:base + L]
+        # Reductions and the accumulator updates in separate loops: each alone vectorises.
         for j in range(L):
-            xhat = (xr[j] - m) * rs + lo
-            dwr[j] += gr[j] * xhat
-            dbr[j] += gr[j]
             g = gr[j] * wr[j]
             sum_g += g
-            sum_gx += g * xhat
+            sum_gx += g * ((xr[j] - m) * rs + lo)
+        _accumulate(xr, gr, m, rs, lo, dwr, dbr)
     else:
         for q in range(nseg):
             xs, gs = xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg]
