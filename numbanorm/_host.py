@@ -32,6 +32,12 @@ def channel_view(x, axis):
     return x.reshape(math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
 
 
+def sample_channel_view(x, axis):
+    """``x`` as a C-contiguous ``(N, A, C, B)`` array: per sample, the channel axis in the middle."""
+    x = np.ascontiguousarray(x)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
+
+
 def update_running(running, stat, factor):
     """PyTorch's running average, in place: ``running = (1 - factor) * running + factor * stat``."""
     running[...] = (1.0 - factor) * running.astype(np.float64) + factor * stat

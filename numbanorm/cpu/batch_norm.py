@@ -5,52 +5,63 @@ from .._host import channel_view, update_running
 from . import channelwise
 
 
-def normalize_channels(x3, mean, var, eps, weight, bias):
-    """``y = (x - mean) * rstd * weight + bias`` per channel (float64 statistics); returns y3, rstd."""
+def normalize_channels(x4, mean, var, eps, weight, bias):
+    """``y = (x - mean) * rstd * weight + bias`` with float64 statistics per (o, c); returns y4, rstd."""
     rstd = 1.0 / np.sqrt(var + eps)
     scale = rstd if weight is None else rstd * weight
-    shift = np.zeros_like(rstd) if bias is None else bias.astype(np.float64)
-    return channelwise.scale_shift(x3, mean, scale, shift), rstd
+    shift = np.zeros_like(rstd) if bias is None else np.zeros_like(rstd) + bias
+    return channelwise.scale_shift(x4, mean, scale, shift), rstd
 
 
-def channel_grads(x3, dy3, mean, rstd, weight, bias, batch_stats):
-    """(dx3, dweight, dbias) of :func:`normalize_channels`.
+def _spread(v, group_size):
+    """Sum ``v`` (O, C) over consecutive groups of ``group_size`` channels, repeated back to (O, C)."""
+    if group_size == 1:
+        return v
+    total = v.reshape(v.shape[0], -1, group_size).sum(axis=2)
+    return np.repeat(total, group_size, axis=1)
 
-    With g = weight * dy and n values per channel, batch statistics give
+
+def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
+    """(dx4, dweight, dbias) of :func:`normalize_channels`; statistics per (o, c), shared by
+    ``group_size`` consecutive channels (group norm).
+
+    With g = weight * dy and n values per statistic, batch statistics give
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, i.e.
     ``alpha * dy + beta * (x - mean) + gamma``; frozen (running) statistics
     give ``dx = rstd * g``.
     """
-    sum_dy, sum_dyx = channelwise.grad_sums(x3, dy3, mean)
-    alpha = rstd if weight is None else rstd * weight
+    sum_dy, sum_dyx = channelwise.grad_sums(x4, dy4, mean)
+    w = 1.0 if weight is None else weight.astype(np.float64)
+    alpha = rstd * w
     if batch_stats:
-        n = x3.shape[0] * x3.shape[2]
-        beta = -alpha * rstd * rstd * sum_dyx / n
-        gamma = -alpha * sum_dy / n
+        n = x4.shape[1] * x4.shape[3] * group_size
+        mean_g = _spread(w * sum_dy, group_size) / n
+        mean_gxhat = rstd * _spread(w * sum_dyx, group_size) / n
+        beta, gamma = -rstd * rstd * mean_gxhat, -rstd * mean_g
     else:
         beta = gamma = np.zeros_like(rstd)
-    dx3 = channelwise.dx(x3, dy3, mean, alpha, beta, gamma)
-    dweight = None if weight is None else sum_dyx * rstd
-    dbias = None if bias is None else sum_dy
-    return dx3, dweight, dbias
+    dx4 = channelwise.dx(x4, dy4, mean, alpha, beta, gamma)
+    dweight = None if weight is None else (sum_dyx * rstd).sum(axis=0)
+    dbias = None if bias is None else sum_dy.sum(axis=0)
+    return dx4, dweight, dbias
 
 
 def forward(x, p):
-    x3 = channel_view(x, p.axis)
+    x4 = channel_view(x, p.axis)[None]
     if p.training:
-        n, mean, var = channelwise.moments(x3)
+        n, mean, var = channelwise.moments(x4)
         if p.update_running:
-            update_running(p.running_mean, mean, p.factor)
-            update_running(p.running_var, var * n / (n - 1), p.factor)
+            update_running(p.running_mean, mean[0], p.factor)
+            update_running(p.running_var, var[0] * n / (n - 1), p.factor)
     else:
-        mean, var = p.running_mean.astype(np.float64), p.running_var.astype(np.float64)
-    y3, rstd = normalize_channels(x3, mean, var, p.eps, p.weight, p.bias)
-    saved = {"x3": x3, "mean": mean, "rstd": rstd}
-    return y3.reshape(x.shape), mean.astype(p.cdtype), rstd.astype(p.cdtype), saved
+        mean, var = p.running_mean.astype(np.float64)[None], p.running_var.astype(np.float64)[None]
+    y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)
+    saved = {"x4": x4, "mean": mean, "rstd": rstd}
+    return y4.reshape(x.shape), mean[0].astype(p.cdtype), rstd[0].astype(p.cdtype), saved
 
 
 def backward(dy, cache):
     p, s = cache.params, cache.saved
-    dx3, dweight, dbias = channel_grads(s["x3"], channel_view(dy, p["axis"]), s["mean"], s["rstd"],
+    dx4, dweight, dbias = channel_grads(s["x4"], channel_view(dy, p["axis"])[None], s["mean"], s["rstd"],
                                         p["weight"], p["bias"], p["training"])
-    return dx3.reshape(dy.shape), dweight, dbias
+    return dx4.reshape(dy.shape), dweight, dbias

@@ -1,6 +1,15 @@
-"""Group norm on the CPU: one row per (sample, group), one weight per channel segment of it."""
-from .._host import rows_view
-from . import rowwise
+"""Group norm on the CPU.
+
+Channels at axis 1: one row per (sample, group), one weight per channel segment
+of it, for the row-wise primitive. Channels elsewhere (channels-last): per
+(sample, channel) statistics from the per-channel primitive, combined over each
+group's channels, so no transposed copy is made.
+"""
+import numpy as np
+
+from .._host import rows_view, sample_channel_view
+from . import channelwise, rowwise
+from .batch_norm import channel_grads, normalize_channels
 
 
 def _group_rows(x, p):
@@ -11,21 +20,47 @@ def _group_rows(x, p):
     return x2.reshape(x2.shape[0] * groups, x2.shape[1] // groups), lambda y: undo(y.reshape(x2.shape))
 
 
+def _group_moments(mean, var, groups):
+    """Per-group mean and variance from per-channel ones of equal counts (law of total variance)."""
+    n, channels = mean.shape
+    shape = (n, groups, channels // groups)
+    group_mean = mean.reshape(shape).mean(axis=2, keepdims=True)
+    group_var = (var.reshape(shape) + np.square(mean.reshape(shape) - group_mean)).mean(axis=2)
+    return group_mean[:, :, 0], group_var
+
+
 def forward(x, p):
-    xg, undo = _group_rows(x, vars(p))
     groups = p.num_groups
     channels_per_group = x.shape[p.axis] // groups
-    y2, mean, rstd, _ = rowwise.forward(xg, p.weight, p.bias, groups, channels_per_group, p.eps, True)
     public = (x.shape[0], groups)
-    return (undo(y2), mean.reshape(public).astype(p.cdtype), rstd.reshape(public).astype(p.cdtype),
-            {"x2": xg, "mean": mean, "rstd": rstd})
+    if p.axis == 1:
+        xg, undo = _group_rows(x, vars(p))
+        y2, mean, rstd, _ = rowwise.forward(xg, p.weight, p.bias, groups, channels_per_group, p.eps, True)
+        y, saved = undo(y2), {"x2": xg}
+        mean, rstd = mean.reshape(public), rstd.reshape(public)
+    else:
+        x4 = sample_channel_view(x, p.axis)
+        _, channel_mean, channel_var = channelwise.moments(x4)
+        mean, var = _group_moments(channel_mean, channel_var, groups)
+        spread = lambda v: np.repeat(v, channels_per_group, axis=1)  # noqa: E731  (group -> channels)
+        y4, _ = normalize_channels(x4, spread(mean), spread(var), p.eps, p.weight, p.bias)
+        rstd = 1.0 / np.sqrt(var + p.eps)
+        y, saved = y4.reshape(x.shape), {"x4": x4}
+    saved.update(mean=mean, rstd=rstd)
+    return y, mean.astype(p.cdtype), rstd.astype(p.cdtype), saved
 
 
 def backward(dy, cache):
     p, s = cache.params, cache.saved
-    dyg, undo = _group_rows(dy, p)
     groups = p["num_groups"]
-    dx2, dweight, dbias = rowwise.backward(s["x2"], dyg, p["weight"], groups,
-                                           dy.shape[p["axis"]] // groups, s["mean"], s["rstd"], True)
-    return (undo(dx2), None if p["weight"] is None else dweight,
-            None if p["bias"] is None else dbias)
+    channels_per_group = dy.shape[p["axis"]] // groups
+    weight, bias = p["weight"], p["bias"]
+    if "x4" in s:
+        spread = lambda v: np.repeat(v, channels_per_group, axis=1)  # noqa: E731
+        dx4, dweight, dbias = channel_grads(s["x4"], sample_channel_view(dy, p["axis"]), spread(s["mean"]),
+                                            spread(s["rstd"]), weight, bias, True, channels_per_group)
+        return dx4.reshape(dy.shape), dweight, dbias
+    dyg, undo = _group_rows(dy, p)
+    dx2, dweight, dbias = rowwise.backward(s["x2"], dyg, weight, groups, channels_per_group,
+                                           s["mean"].reshape(-1), s["rstd"].reshape(-1), True)
+    return (undo(dx2), None if weight is None else dweight, None if bias is None else dbias)

@@ -1,9 +1,14 @@
-"""Instance norm on the CPU: one row per (sample, channel); with running statistics it is
-batch norm in eval mode."""
+"""Instance norm on the CPU.
+
+Channels at axis 1: one row per (sample, channel) for the row-wise primitive.
+Channels elsewhere (channels-last): the per-channel primitive with one problem
+per sample, so no transposed copy is made. With running statistics it is batch
+norm in eval mode.
+"""
 import numpy as np
 
-from .._host import channel_view, rows_view, update_running
-from . import rowwise
+from .._host import channel_view, rows_view, sample_channel_view, update_running
+from . import channelwise, rowwise
 from .batch_norm import channel_grads, normalize_channels
 
 
@@ -13,31 +18,43 @@ def _spatial(ndim, axis):
 
 def forward(x, p):
     channels = x.shape[p.axis]
-    if not p.use_input_stats:
-        x3 = channel_view(x, p.axis)
-        mean, var = p.running_mean.astype(np.float64), p.running_var.astype(np.float64)
-        y3, rstd = normalize_channels(x3, mean, var, p.eps, p.weight, p.bias)
-        return (y3.reshape(x.shape), mean.astype(p.cdtype), rstd.astype(p.cdtype),
-                {"x3": x3, "mean": mean, "rstd": rstd})
-    x2, undo = rows_view(x, _spatial(x.ndim, p.axis))  # rows ordered (n, c)
-    y2, mean, rstd, var = rowwise.forward(x2, p.weight, p.bias, channels, 1, p.eps, True)
     per_instance = (x.shape[0], channels)
+    if not p.use_input_stats:
+        x4 = channel_view(x, p.axis)[None]
+        mean, var = p.running_mean.astype(np.float64)[None], p.running_var.astype(np.float64)[None]
+        y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)
+        return (y4.reshape(x.shape), mean[0].astype(p.cdtype), rstd[0].astype(p.cdtype),
+                {"x4": x4, "mean": mean, "rstd": rstd})
+    if p.axis == 1:
+        x2, undo = rows_view(x, _spatial(x.ndim, p.axis))  # rows ordered (n, c)
+        y2, mean, rstd, var = rowwise.forward(x2, p.weight, p.bias, channels, 1, p.eps, True)
+        y, saved = undo(y2), {"x2": x2}
+        mean, rstd, var = mean.reshape(per_instance), rstd.reshape(per_instance), var.reshape(per_instance)
+    else:
+        x4 = sample_channel_view(x, p.axis)
+        _, mean, var = channelwise.moments(x4)
+        y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)
+        y, saved = y4.reshape(x.shape), {"x4": x4}
     if p.update_running:
-        n = x2.shape[1]
-        update_running(p.running_mean, mean.reshape(per_instance).mean(axis=0), p.factor)
-        update_running(p.running_var, (var * n / (n - 1)).reshape(per_instance).mean(axis=0), p.factor)
-    return (undo(y2), mean.reshape(per_instance).astype(p.cdtype), rstd.reshape(per_instance).astype(p.cdtype),
-            {"x2": x2, "mean": mean, "rstd": rstd})
+        n = x.size // max(x.shape[0] * channels, 1)
+        update_running(p.running_mean, mean.mean(axis=0), p.factor)
+        update_running(p.running_var, (var * n / (n - 1)).mean(axis=0), p.factor)
+    saved.update(mean=mean, rstd=rstd)
+    return y, mean.astype(p.cdtype), rstd.astype(p.cdtype), saved
 
 
 def backward(dy, cache):
     p, s = cache.params, cache.saved
+    weight, bias = p["weight"], p["bias"]
     if not p["use_input_stats"]:
-        dx3, dweight, dbias = channel_grads(s["x3"], channel_view(dy, p["axis"]), s["mean"], s["rstd"],
-                                            p["weight"], p["bias"], batch_stats=False)
-        return dx3.reshape(dy.shape), dweight, dbias
+        dx4, dweight, dbias = channel_grads(s["x4"], channel_view(dy, p["axis"])[None], s["mean"], s["rstd"],
+                                            weight, bias, batch_stats=False)
+        return dx4.reshape(dy.shape), dweight, dbias
+    if "x4" in s:
+        dx4, dweight, dbias = channel_grads(s["x4"], sample_channel_view(dy, p["axis"]), s["mean"], s["rstd"],
+                                            weight, bias, batch_stats=True)
+        return dx4.reshape(dy.shape), dweight, dbias
     dy2, undo = rows_view(dy, _spatial(dy.ndim, p["axis"]))
-    dx2, dweight, dbias = rowwise.backward(s["x2"], dy2, p["weight"], dy.shape[p["axis"]], 1,
-                                           s["mean"], s["rstd"], True)
-    return (undo(dx2), None if p["weight"] is None else dweight,
-            None if p["bias"] is None else dbias)
+    dx2, dweight, dbias = rowwise.backward(s["x2"], dy2, weight, dy.shape[p["axis"]], 1,
+                                           s["mean"].reshape(-1), s["rstd"].reshape(-1), True)
+    return (undo(dx2), None if weight is None else dweight, None if bias is None else dbias)
