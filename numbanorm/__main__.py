@@ -1,7 +1,8 @@
-"""The ``numbanorm`` command: ``demo`` (the default) and ``info``.
+"""The ``numbanorm`` command: ``demo`` (the default), ``info`` and ``bench``.
 
     python -m numbanorm            # normalize real arrays with every op, check them, time them
     python -m numbanorm info       # versions, backends, threads, cache
+    python -m numbanorm bench      # time every op: GB/s, fraction of copy, vs numpy and torch
 """
 from __future__ import annotations
 
@@ -96,7 +97,12 @@ def main(argv=None):
     demo.add_argument("--shape", type=int, nargs=4, default=(32, 16, 28, 28), metavar=("N", "C", "H", "W"))
     demo.add_argument("--repeat", type=int, default=5, help="timing repeats (best is shown)")
     sub.add_parser("info", help="versions, available backends, threading, cache directory")
+    from ._bench import add_arguments as _bench_arguments
+    _bench_arguments(sub.add_parser("bench", help="time every op against copy bandwidth, numpy and torch"))
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from ._bench import run_command
+        return run_command(args)
     if args.command in (None, "demo"):
         if args.command is None:
             args = parser.parse_args(["demo", *(argv or sys.argv[1:])])

@@ -1,0 +1,777 @@
+"""Benchmark cases and measurements shared by ``python -m numbanorm bench`` and the asv suite.
+
+One table of cases (:data:`CASES`), one model of the bytes an op must move
+(:data:`MODEL_TRAFFIC`), one copy-bandwidth reference (:func:`copy_bandwidth`)
+and one timer (:func:`best_time`) serve both the command and ``benchmarks/``.
+
+This file uses only numbanorm's public API, NumPy and (lazily) Numba, and no
+relative imports: the asv suite loads it by path from the working tree, so the
+same cases run against whatever older commit asv has installed.
+
+Bandwidth model: a forward reads ``x`` and writes ``y`` (2 x size bytes), a
+backward reads ``x`` and ``dy`` and writes ``dx`` (3 x size bytes); statistics
+and parameters are negligible. The reference is a Numba ``prange`` copy of the
+same number of bytes, measured in the same process (best of several runs),
+which moves 2 x size bytes. ``fraction of copy`` is achieved GB/s over copy
+GB/s: 1.0 means the op runs at the speed of memory.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BACKENDS = ("numpy", "cpu", "cuda")
+SIZES = ("small", "large")
+DTYPES = ("float32", "float64")
+DIRECTIONS = ("forward", "backward")
+
+# Bytes a perfect kernel moves, in units of x.nbytes.
+MODEL_TRAFFIC = {"forward": 2, "backward": 3}
+# A copy reads and writes every byte once.
+COPY_TRAFFIC = 2
+
+# Shapes: "small" is 2**18 elements (1 MiB in float32: stays in L2/L3), "large"
+# is 2**25 elements (128 MiB in float32, 256 MiB in float64: at least 4x a 32 MiB
+# last-level cache, so every pass streams from memory).
+IMAGE = {"small": (8, 32, 32, 32), "large": (32, 256, 64, 64)}   # logical (N, C, H, W)
+ROWS = {"small": (256, 1024), "large": (32768, 1024)}            # (tokens, features)
+TINY = (32, 64)                                                  # per-call overhead
+GROUPS = {"small": 8, "large": 32}
+EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op in one layout; shapes are logical ((N, C, H, W) or (rows, features))."""
+
+    op: str
+    layout: str                    # "rows" (normalize the last axis), "NCHW" or "NHWC"
+    shapes: dict = field(hash=False, compare=False)
+
+    @property
+    def name(self):
+        return self.op if self.layout == "rows" else f"{self.op}/{self.layout}"
+
+    def logical_shape(self, size):
+        return tuple(self.shapes[size]) if size in self.shapes else _parse_label(size)
+
+    def shape(self, size):
+        """The shape of the array in memory (NHWC puts the channels last)."""
+        s = self.logical_shape(size)
+        return (s[0], *s[2:], s[1]) if self.layout == "NHWC" else s
+
+    def label(self, size):
+        """``"32x256x64x64"``: the logical shape, used as the asv parameter."""
+        return "x".join(map(str, self.logical_shape(size)))
+
+    def size_of(self, label):
+        """The size name ("small", "large") whose label is ``label``, else ``label`` itself."""
+        for size in self.shapes:
+            if self.label(size) == label:
+                return size
+        return label
+
+    @property
+    def axis(self):
+        return -1 if self.layout in ("NHWC", "rows") else 1
+
+
+def _parse_label(label):
+    try:
+        return tuple(int(n) for n in str(label).split("x"))
+    except ValueError:
+        raise ValueError(f"unknown size {label!r}: use one of {', '.join(SIZES)} or a shape like 32x64") from None
+
+
+CASES = (
+    Case("batch_norm", "NCHW", IMAGE),
+    Case("batch_norm", "NHWC", IMAGE),
+    Case("layer_norm", "rows", ROWS),
+    Case("rms_norm", "rows", ROWS),
+    Case("group_norm", "NCHW", IMAGE),
+    Case("group_norm", "NHWC", IMAGE),
+    Case("instance_norm", "NCHW", IMAGE),
+    Case("instance_norm", "NHWC", IMAGE),
+)
+OPS = tuple(dict.fromkeys(c.op for c in CASES))
+
+
+def cases(ops=None):
+    """The cases whose op (or ``op/layout`` name) is in ``ops`` (all when None)."""
+    if not ops:
+        return list(CASES)
+    unknown = [o for o in ops if not any(o in (c.op, c.name) for c in CASES)]
+    if unknown:
+        raise ValueError(f"unknown op {', '.join(unknown)}: choose from {', '.join(c.name for c in CASES)}")
+    return [c for c in CASES if c.op in ops or c.name in ops]
+
+
+def find_case(op, layout="rows"):
+    for c in CASES:
+        if c.op == op and c.layout == layout:
+            return c
+    raise ValueError(f"no case {op} {layout}")
+
+
+def model_bytes(nbytes, direction):
+    """Bytes a forward or backward over an input of ``nbytes`` bytes must move."""
+    return MODEL_TRAFFIC[direction] * nbytes
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _sample(fn, number):
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+class Timer:
+    """The best seconds per call of ``fn`` so far, one more sample at each :meth:`sample`.
+
+    The first call calibrates: each sample then calls ``fn`` often enough to last
+    ``min_time`` (so tiny calls are not lost in the timer's resolution) but no
+    more, since on a machine shared with other processes a sample of many
+    parallel calls almost surely holds one that waited a whole scheduler time
+    slice for a core. The first call counts as a sample when it is that long.
+    ``fn`` must synchronize any device itself.
+    """
+
+    def __init__(self, fn, min_time=2e-4):
+        self.fn = fn
+        first = _sample(fn, 1)
+        if first >= min_time:
+            self.number, self.best, self.count = 1, first, 1
+        else:
+            self.number = min(10 ** 6, math.ceil(min_time / max(first, 1e-7)))
+            self.best, self.count = math.inf, 0
+
+    def sample(self):
+        self.best = min(self.best, _sample(self.fn, self.number) / self.number)
+        self.count += 1
+        return self.best
+
+
+def best_time(fn, repeat=10, min_time=2e-4, budget=None):
+    """Seconds per call of ``fn``: the best of ``repeat`` samples (see :class:`Timer`).
+
+    With a ``budget`` (seconds), sampling stops once it is spent (at least one sample).
+    """
+    timer = Timer(fn, min_time)
+    start = time.perf_counter()
+    while timer.count < repeat:
+        timer.sample()
+        if budget is not None and time.perf_counter() - start > budget:
+            break
+    return timer.best
+
+
+def default_repeat(backend, size, repeat=10):
+    """The NumPy reference on large inputs takes a second a call: time it once."""
+    return 1 if backend == "numpy" and size == "large" else repeat
+
+
+# ----------------------------------------------------------------------------- bandwidth references
+
+_copy_kernels = {}
+_copy_timers = {}
+COPY_REPEAT = 50
+
+
+def _cpu_copy_kernel():
+    if "cpu" not in _copy_kernels:
+        import numba
+
+        @numba.njit(parallel=True, nogil=True)   # no disk cache: two module names load this file
+        def prange_copy(src, dst):
+            for i in numba.prange(src.shape[0]):
+                dst[i] = src[i]
+
+        _copy_kernels["cpu"] = prange_copy
+    return _copy_kernels["cpu"]
+
+
+_cuda = None   # numba.cuda, bound on the first cuda measurement (never imported before)
+
+
+def _device_copy(src, dst):
+    """Grid-stride device copy; compiled by ``numba.cuda.jit`` on first use.
+
+    It names the module through the global ``_cuda`` (not a closure) so the CUDA
+    simulator can swap in its fake module.
+    """
+    start = _cuda.grid(1)
+    stride = _cuda.gridsize(1)
+    for i in range(start, src.shape[0], stride):
+        dst[i] = src[i]
+
+
+def _cuda_copy_kernel():
+    global _cuda
+    if "cuda" not in _copy_kernels:
+        from numba import cuda
+        _cuda = cuda
+        _copy_kernels["cuda"] = cuda.jit(_device_copy)
+    return _copy_kernels["cuda"]
+
+
+def _copy_functions(n, where):
+    """Callables copying ``n`` float32 values (compiled, memory touched)."""
+    if where == "cpu":
+        _import_numbanorm_cpu()   # let numbanorm pick the threading layer first
+        kernel = _cpu_copy_kernel()
+        src, dst = np.ones(n, np.float32), np.zeros(n, np.float32)
+        kernel(src, dst)
+
+        def prange_copy():
+            kernel(src, dst)
+        return [prange_copy]
+
+    from numba import cuda
+    kernel = _cuda_copy_kernel()
+    src = cuda.to_device(np.ones(n, np.float32))
+    dst = cuda.device_array_like(src)
+    threads = 256
+    sms = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)   # 1 in the simulator
+    blocks = max(1, min(-(-n // threads), 32 * sms))
+
+    def by_kernel():
+        kernel[blocks, threads](src, dst)
+        cuda.synchronize()
+
+    def by_memcpy():
+        dst.copy_to_device(src)
+        cuda.synchronize()
+
+    by_kernel(), by_memcpy()
+    return [by_kernel, by_memcpy]
+
+
+def copy_timers(nbytes, backend="cpu"):
+    """The timers of the copy reference for ``nbytes`` bytes, one set per process and size.
+
+    ``"cpu"`` and ``"numpy"``: a Numba ``prange`` copy on the host. ``"cuda"``: a
+    device-to-device copy, by a grid-stride kernel and by ``copy_to_device`` (the
+    faster counts).
+    """
+    where = "cuda" if backend == "cuda" else "cpu"
+    key = (where, int(nbytes))
+    if key not in _copy_timers:
+        _copy_timers[key] = [Timer(fn) for fn in _copy_functions(max(1, int(nbytes) // 4), where)]
+    return _copy_timers[key]
+
+
+def copy_seconds(nbytes, backend="cpu", repeat=COPY_REPEAT):
+    """Best seconds of a copy of ``nbytes`` bytes in this process: at least ``repeat`` samples.
+
+    Many samples, because every ratio divides by this one number: a parallel copy
+    sharing its cores with another process loses whole scheduler time slices.
+    :func:`time_against_copy` adds samples between those of the op it times.
+    """
+    timers = copy_timers(nbytes, backend)
+    for timer in timers:
+        while timer.count < repeat:
+            timer.sample()
+    return min(timer.best for timer in timers)
+
+
+def interleaved(fns, repeat=10, nbytes=None, backend="cpu"):
+    """Best seconds per call of each of ``fns``, sampled in turn so all see the same load.
+
+    With ``nbytes``, samples of the copy reference of that many bytes join every
+    round, so the copy's best (read it afterwards with :func:`copy_bandwidth`) is
+    taken under the same conditions as the calls it is compared with.
+    """
+    copies = []
+    if nbytes is not None:
+        copy_seconds(nbytes, backend)
+        copies = copy_timers(nbytes, backend)
+    timers = [Timer(fn) for fn in fns]
+    while True:
+        for copy in copies:
+            copy.sample()
+        if all(timer.count >= repeat for timer in timers):
+            return [timer.best for timer in timers]
+        for timer in timers:
+            if timer.count < repeat:
+                timer.sample()
+
+
+def time_against_copy(fn, nbytes, backend="cpu", repeat=10):
+    """Best seconds per call of ``fn``, its samples interleaved with copy samples of ``nbytes``."""
+    return interleaved([fn], repeat, nbytes, backend)[0]
+
+
+def copy_bandwidth(nbytes, backend="cpu"):
+    """Copy GB/s (read + write, 1e9 bytes) for ``nbytes`` bytes on ``backend``'s device."""
+    return COPY_TRAFFIC * nbytes / copy_seconds(nbytes, backend) / 1e9
+
+
+def achieved_bandwidth(nbytes, direction, seconds):
+    """Model GB/s of a forward or backward over ``nbytes`` bytes that took ``seconds``."""
+    return model_bytes(nbytes, direction) / seconds / 1e9
+
+
+def fraction_of_copy(nbytes, direction, seconds, backend="cpu"):
+    """Achieved GB/s over the copy GB/s of the same number of bytes."""
+    return achieved_bandwidth(nbytes, direction, seconds) / copy_bandwidth(nbytes, backend)
+
+
+def _import_numbanorm_cpu():
+    import numbanorm
+    numbanorm.available_backends()
+
+
+def threading_info():
+    """``(threading layer, thread count)`` of Numba, after a parallel call."""
+    import numba
+    copy_seconds(1 << 20, "cpu", repeat=1)   # a parallel launch picks the layer
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "none"
+    return layer, numba.get_num_threads()
+
+
+def last_level_cache():
+    """``(level, bytes)`` of the CPU's largest cache, from sysfs; None when unknown."""
+    best = None
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(root, entry, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(root, entry, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        size = int(text.rstrip("KMG")) * scale
+        if best is None or level > best[0]:
+            best = (level, size)
+    return best
+
+
+# ----------------------------------------------------------------------------- prepared ops
+
+def check_backend(backend):
+    """Raise NotImplementedError (asv's "skipped") when ``backend`` cannot run here."""
+    import numbanorm
+    available = numbanorm.available_backends()
+    if backend not in available:
+        raise NotImplementedError(f"backend {backend!r} is not available here "
+                                  f"(available: {', '.join(available)})")
+    if backend == "cuda":
+        import numba
+        if numba.config.ENABLE_CUDASIM:
+            raise NotImplementedError("backend 'cuda' runs in the CUDA simulator here "
+                                      "(NUMBA_ENABLE_CUDASIM=1): nothing to time")
+        from numba import cuda
+        if not cuda.is_available():
+            raise NotImplementedError("backend 'cuda' has no CUDA device here (no GPU or driver)")
+
+
+def usable_backends():
+    """The backends of :data:`BACKENDS` that :func:`check_backend` accepts."""
+    usable = []
+    for backend in BACKENDS:
+        try:
+            check_backend(backend)
+        except NotImplementedError:
+            continue
+        usable.append(backend)
+    return usable
+
+
+def host_inputs(case, size, dtype, seed=0):
+    """``(x, dy, args, kwargs)`` as NumPy arrays for ``case``; kwargs exclude ``backend``."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    logical = case.logical_shape(size)
+    shape = case.shape(size)
+    x = rng.standard_normal(shape, dtype=dtype)
+    x *= 2.0
+    x += 0.5
+    dy = rng.standard_normal(shape, dtype=dtype)
+    if case.layout == "rows":
+        features = logical[-1]
+    else:
+        features = logical[1]
+
+    def vector(low, high):
+        return rng.uniform(low, high, features).astype(dtype)
+
+    args, kwargs = (), {}
+    if case.op == "batch_norm":
+        kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), training=True,
+                      running_mean=np.zeros(features, dtype), running_var=np.ones(features, dtype),
+                      momentum=0.1, eps=EPS, axis=case.axis)
+    elif case.op == "layer_norm":
+        kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=-1, eps=EPS)
+    elif case.op == "rms_norm":
+        kwargs = dict(weight=vector(0.5, 1.5), axis=-1)
+    elif case.op == "group_norm":
+        groups = GROUPS.get(size) or math.gcd(features, 8)
+        args = (groups,)
+        kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=case.axis, eps=EPS)
+    elif case.op == "instance_norm":
+        kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=case.axis, eps=EPS)
+    else:
+        raise ValueError(f"no inputs for {case.op}")
+    return x, dy, args, kwargs
+
+
+class Run:
+    """``case`` ready to run on ``backend``: data built, ``forward()``/``backward()`` synchronized.
+
+    Raises NotImplementedError when the backend is not available. Call
+    :meth:`warm` once (compiles the kernels, touches the memory) before timing.
+    """
+
+    def __init__(self, case, size, dtype, backend, seed=0):
+        check_backend(backend)
+        import numbanorm
+        self.case, self.size, self.dtype, self.backend = case, size, np.dtype(dtype), backend
+        self.host = host_inputs(case, size, dtype, seed)
+        x, dy, args, kwargs = self.host
+        self.nbytes = x.nbytes
+        self.shape = x.shape
+        if backend == "cuda":
+            from numba import cuda
+            move = cuda.to_device
+            self.sync = cuda.synchronize
+        else:
+            def move(a):
+                return a
+            self.sync = _nothing
+        self.x, self.dy = move(x), move(dy)
+        self.args = args
+        self.kwargs = {k: move(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+        self._forward = getattr(numbanorm, case.op + "_forward")
+        self._backward = getattr(numbanorm, case.op + "_backward")
+        self.cache = None
+
+    def forward(self):
+        _, self.cache = self._forward(self.x, *self.args, backend=self.backend, **self.kwargs)
+        self.sync()
+
+    def backward(self):
+        if self.cache is None:
+            self.forward()
+        self._backward(self.dy, self.cache)
+        self.sync()
+
+    def warm(self):
+        self.forward()
+        self.backward()
+        return self
+
+    def run(self, direction):
+        return self.forward() if direction == "forward" else self.backward()
+
+    def time(self, direction, repeat=10, budget=None):
+        """Best seconds of a forward or backward."""
+        return best_time(self.forward if direction == "forward" else self.backward,
+                         repeat=default_repeat(self.backend, self.size, repeat), budget=budget)
+
+    def time_against_copy(self, direction, repeat=10):
+        """:meth:`time`, its samples interleaved with those of the copy reference."""
+        return time_against_copy(self.forward if direction == "forward" else self.backward,
+                                 self.nbytes, self.backend,
+                                 repeat=default_repeat(self.backend, self.size, repeat))
+
+    def fraction_of_copy(self, direction, repeat=10):
+        """Achieved GB/s of a forward or backward over copy GB/s, measured together."""
+        seconds = self.time_against_copy(direction, repeat)
+        return fraction_of_copy(self.nbytes, direction, seconds, self.backend)
+
+
+def _nothing():
+    pass
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TorchRun:
+    """PyTorch's same op on the same data; ``backward()`` times only the backward.
+
+    The graph is built by ``forward()`` and reused (``retain_graph=True``) by
+    ``backward()``, which calls ``torch.autograd.grad``. Raises
+    NotImplementedError when torch (or, for cuda, a CUDA build) is missing.
+    """
+
+    def __init__(self, run):
+        try:
+            import torch
+            import torch.nn.functional as F
+        except ImportError:
+            raise NotImplementedError("torch is not installed") from None
+        import numba
+        self.torch = torch
+        case, (x, dy, args, kwargs) = run.case, run.host
+        if run.backend == "cuda":
+            if not torch.cuda.is_available():
+                raise NotImplementedError("torch has no CUDA device here")
+            device = "cuda"
+            self.sync = torch.cuda.synchronize
+        else:
+            device = "cpu"
+            self.sync = _nothing
+        torch.set_num_threads(numba.get_num_threads())
+
+        def tensor(a, grad=False):
+            t = torch.from_numpy(a)
+            if a.ndim == 4 and case.layout == "NHWC":
+                t = t.permute(0, 3, 1, 2)          # logical NCHW, channels_last in memory
+            t = t.to(device)
+            if a.ndim == 4 and case.layout == "NHWC":
+                assert t.is_contiguous(memory_format=torch.channels_last)
+            return t.detach().requires_grad_(grad)
+
+        xt, self.dy = tensor(x, True), tensor(dy)
+        p = {k: tensor(v, k in ("weight", "bias")) if isinstance(v, np.ndarray) else v
+             for k, v in kwargs.items()}
+        self.inputs = [xt] + [p[k] for k in ("weight", "bias") if k in p]
+        if case.op == "batch_norm":
+            def fn():
+                return F.batch_norm(xt, p["running_mean"], p["running_var"], p["weight"], p["bias"],
+                                    training=True, momentum=p["momentum"], eps=p["eps"])
+        elif case.op == "layer_norm":
+            def fn():
+                return F.layer_norm(xt, xt.shape[-1:], p["weight"], p["bias"], eps=p["eps"])
+        elif case.op == "rms_norm":
+            if not hasattr(F, "rms_norm"):
+                raise NotImplementedError(f"torch {torch.__version__} has no rms_norm")
+
+            def fn():
+                return F.rms_norm(xt, xt.shape[-1:], p["weight"])
+        elif case.op == "group_norm":
+            def fn():
+                return F.group_norm(xt, args[0], p["weight"], p["bias"], eps=p["eps"])
+        elif case.op == "instance_norm":
+            def fn():
+                return F.instance_norm(xt, weight=p["weight"], bias=p["bias"], use_input_stats=True,
+                                       eps=p["eps"])
+        else:
+            raise NotImplementedError(f"no torch equivalent of {case.op}")
+        self.fn = fn
+        self.backend, self.size = run.backend, run.size
+        self.y = None
+
+    def forward(self):
+        self.y = self.fn()
+        self.sync()
+
+    def backward(self):
+        if self.y is None:
+            self.forward()
+        self.torch.autograd.grad(self.y, self.inputs, self.dy, retain_graph=True)
+        self.sync()
+
+    def warm(self):
+        self.forward()
+        self.backward()
+        return self
+
+    def time(self, direction, repeat=10, budget=None):
+        return best_time(self.forward if direction == "forward" else self.backward,
+                         repeat=repeat, budget=budget)
+
+
+# ----------------------------------------------------------------------------- the command
+
+class Progress:
+    """A text progress bar on stderr: redrawn in place on a terminal, a line a step otherwise."""
+
+    def __init__(self, total, stream=None, width=28):
+        self.total, self.done, self.width = max(total, 1), 0, width
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+
+    def show(self, label):
+        filled = int(self.width * self.done / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        text = (f"[{bar}] {self.done:3d}/{self.total} {time.perf_counter() - self.start:6.1f}s  "
+                f"{label}")
+        if self.tty:
+            self.stream.write("\r" + text[:119].ljust(119))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def step(self, label=""):
+        self.done += 1
+        self.show(label)
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\r" + " " * 119 + "\r")
+            self.stream.flush()
+
+
+def add_arguments(parser):
+    """The options of ``python -m numbanorm bench``."""
+    parser.add_argument("--backend", default="cpu", choices=BACKENDS, help="backend to time (default cpu)")
+    parser.add_argument("--size", default="large", choices=SIZES,
+                        help="small: 2**18 elements, in cache; large: 2**25 elements, "
+                             "128 MiB in float32 (default)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--ops", nargs="+", metavar="OP",
+                        help="only these ops (e.g. layer_norm, or batch_norm/NHWC for one layout); "
+                             "commas also separate")
+    parser.add_argument("--repeat", type=int, default=10,
+                        help="timing samples, the best is shown (default 10; 1 for numpy on large)")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the numpy reference (faster)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the comparison with PyTorch")
+    return parser
+
+
+def _fmt_time(seconds):
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _mib(nbytes):
+    return f"{nbytes / (1 << 20):g} MiB"
+
+
+def run_command(args, out=None):
+    """``python -m numbanorm bench``: time every op, print the table. Returns an exit code."""
+    out = out or sys.stdout
+    import numba
+
+    import numbanorm
+    ops = [o for item in (args.ops or []) for o in item.split(",") if o]
+    try:
+        selected = cases(ops)
+        check_backend(args.backend)
+    except (ValueError, NotImplementedError) as exc:
+        print(f"numbanorm bench: {exc}", file=sys.stderr)
+        return 2
+    with_numpy = not args.no_numpy and args.backend != "numpy"
+    with_torch = not args.no_torch and torch_available()
+    repeat = max(1, args.repeat)
+
+    layer, threads = threading_info()
+    nbytes = {c.name: int(np.prod(c.shape(args.size))) * np.dtype(args.dtype).itemsize for c in selected}
+    sizes = sorted(set(nbytes.values()))
+    for n in sizes:
+        copy_seconds(n, args.backend)
+
+    per_case = 1 + 2 * (1 + with_numpy) + with_numpy + with_torch
+    progress = Progress(len(selected) * per_case)
+    measured = []
+    try:
+        for case in selected:
+            progress.show(f"{case.name}: building data, compiling")
+            run = Run(case, args.size, args.dtype, args.backend).warm()
+            progress.step(f"{case.name}: ready")
+            ref = tr = None
+            if with_numpy:
+                ref = Run(case, args.size, args.dtype, "numpy").warm()
+                progress.step(f"{case.name}: numpy reference warmed")
+            if with_torch:
+                try:
+                    tr = TorchRun(run).warm()
+                except NotImplementedError:
+                    tr = None
+                progress.step(f"{case.name}: torch warmed")
+            for direction in DIRECTIONS:
+                # ours, torch's and the copy sampled in turn: the same load for each
+                fns = [getattr(run, direction)] + ([getattr(tr, direction)] if tr is not None else [])
+                times = interleaved(fns, repeat, run.nbytes, args.backend)
+                progress.step(f"{case.name} {direction}" + (" (and torch)" if tr is not None else ""))
+                t_ref = None
+                if ref is not None:
+                    t_ref = ref.time(direction, repeat)
+                    progress.step(f"{case.name} {direction}: numpy")
+                measured.append((case, run.shape, run.nbytes, direction, times[0], t_ref,
+                                 times[1] if len(times) > 1 else None))
+            del run, ref, tr
+    finally:
+        progress.close()
+
+    llc = last_level_cache()
+    once = " (the numpy reference: 1)" if with_numpy and args.size == "large" else ""
+    print(f"numbanorm {numbanorm.__version__} bench: backend {args.backend}, size {args.size}, "
+          f"{args.dtype}, best of {repeat}{once}", file=out)
+    versions = f"numba {numba.__version__}, threading layer {layer}, {threads} threads; numpy {np.__version__}"
+    if with_torch:
+        import torch
+        versions += f"; torch {torch.__version__} ({threads} threads)"
+    elif not args.no_torch:
+        versions += "; torch not installed (no comparison)"
+    print(versions, file=out)
+    where = "device-to-device copy" if args.backend == "cuda" else "Numba prange copy"
+    for n in sizes:
+        cache_note = ""
+        if llc and args.backend != "cuda":
+            cache_note = (f", {n / llc[1]:.3g}x the {_mib(llc[1])} L{llc[0]} cache" if n >= llc[1]
+                          else f", fits in the {_mib(llc[1])} L{llc[0]} cache")
+        samples = sum(t.count for t in copy_timers(n, args.backend))
+        print(f"copy bandwidth: {copy_bandwidth(n, args.backend):.1f} GB/s ({where} of {_mib(n)}"
+              f"{cache_note}; best of {samples}, taken between the op's samples)", file=out)
+    print("GB/s counts 2 x size for a forward (read x, write y), 3 x size for a backward "
+          "(read x, dy; write dx)", file=out)
+
+    rows = []
+    for case, shape, n, direction, t, t_ref, t_torch in measured:
+        rows.append((case.op, case.layout, "x".join(map(str, shape)), direction, t,
+                     achieved_bandwidth(n, direction, t), fraction_of_copy(n, direction, t, args.backend),
+                     None if t_ref is None else t_ref / t,
+                     None if t_torch is None else t / t_torch))
+
+    head = ("op", "layout", "shape", "direction", "time", "GB/s", "of copy", "vs numpy", "/ torch")
+    table = [head]
+    for op, layout, shape, direction, t, gbs, frac, speedup, over in rows:
+        table.append((op, layout, shape, direction, _fmt_time(t), f"{gbs:.1f}", f"{frac:.2f}",
+                      "-" if speedup is None else f"{speedup:.1f}x",
+                      "-" if over is None else f"{over:.2f}"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    right = {4, 5, 6, 7, 8}
+    print(file=out)
+    for k, r in enumerate(table):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        print("  ".join(cells).rstrip(), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    print("\nof copy: achieved GB/s over copy GB/s; vs numpy: speed-up over the numpy backend; "
+          "/ torch: time over PyTorch's (below 1: faster)", file=out)
+    return 0
+
+
+def main(argv=None):
+    import argparse
+    parser = add_arguments(argparse.ArgumentParser(prog="numbanorm bench", description=__doc__.splitlines()[0]))
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
