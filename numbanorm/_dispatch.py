@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import importlib
 import os
+import sys
 from types import MappingProxyType
 
 import numpy as np
@@ -76,6 +77,30 @@ def backend(name):
 def is_device_array(a):
     """True for CUDA arrays: Numba device arrays, CuPy, torch CUDA tensors, simulator arrays."""
     return hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")
+
+
+def device_view(a):
+    """[cuda] A CuPy array or torch CUDA tensor as a Numba device array sharing its memory."""
+    try:
+        launch = importlib.import_module("numbanorm.cuda._launch")
+    except ImportError as exc:
+        raise RuntimeError(f"backend 'cuda' is not available: {exc}") from exc
+    return launch.device_view(a)
+
+
+def as_kind(a, like):
+    """[cuda] The device array ``a`` as the kind of array ``like`` is (CuPy, torch); else ``a``.
+
+    Only modules the caller has already imported are used, never imported here.
+    """
+    if a is None or isinstance(like, np.ndarray) or not is_device_array(a):
+        return a
+    module = type(like).__module__.partition(".")[0]
+    if module == "cupy" and "cupy" in sys.modules:
+        return sys.modules["cupy"].asarray(a)
+    if module == "torch" and "torch" in sys.modules:
+        return sys.modules["torch"].as_tensor(a, device=like.device)
+    return a
 
 
 def infer_backend(*arrays):

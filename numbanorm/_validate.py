@@ -10,6 +10,8 @@ import operator
 
 import numpy as np
 
+from ._dispatch import device_view
+
 # Concrete types: isinstance against the numbers ABCs costs microseconds per call.
 _REALS = (int, float, np.integer, np.floating)
 
@@ -28,12 +30,21 @@ def compute_dtype(dtype):
 
 
 def as_array(name, a):
-    """``a`` as an array (device arrays pass through); TypeError for non-numeric objects."""
-    if not (isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")):
-        try:
-            a = np.asarray(a)
-        except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name} cannot be read as an array: {exc}") from None
+    """``a`` as an array (device arrays pass through); TypeError for non-numeric objects.
+
+    [cuda] A CuPy array or torch CUDA tensor becomes a Numba device array view of
+    the same memory, so the checks (and the kernels) see NumPy dtypes and shapes.
+    """
+    if not isinstance(a, np.ndarray):
+        if hasattr(a, "__cuda_ndarray__"):  # a Numba (or simulator) device array
+            pass
+        elif hasattr(a, "__cuda_array_interface__"):
+            a = device_view(a)
+        else:
+            try:
+                a = np.asarray(a)
+            except Exception as exc:  # ragged lists and the like
+                raise TypeError(f"{name} cannot be read as an array: {exc}") from None
     float_dtype(name, a)
     return a
 
@@ -96,13 +107,19 @@ def param(name, a, shape, what):
 
 def buffer(name, a, shape, what):
     """A running statistic updated in place: the right shape, a float dtype and writeable."""
+    given = a
     a = param(name, a, shape, what)
-    if isinstance(a, np.ndarray) and not a.flags.writeable:
+    if isinstance(a, np.ndarray) and not a.flags.writeable or a is not given and _read_only_device(given):
         raise ValueError(f"{name} is read-only; running statistics are updated in place")
     if a is not None and not (isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")
                               or hasattr(a, "__cuda_ndarray__")):
         raise TypeError(f"{name} must be an array (it is updated in place), got {type(a).__name__}")
     return a
+
+
+def _read_only_device(a):
+    """[cuda] A CuPy array or torch tensor exported read-only (its Numba view would not say)."""
+    return bool(getattr(a, "__cuda_array_interface__", {}).get("data", (0, False))[1])
 
 
 def counter(name, a):

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import _validate as v
-from ._dispatch import Cache, get_impl, resolve_backend
+from ._dispatch import Cache, as_kind, get_impl, resolve_backend
 
 __all__ = [
     "batch_norm", "batch_norm_forward", "batch_norm_backward",
@@ -67,7 +67,10 @@ def _run_forward(op, x, p, backend, *arrays):
     p.factor = _momentum_factor(getattr(p, "momentum", None), getattr(p, "num_batches_tracked", None),
                                 getattr(p, "update_running", False))
     y, mean, rstd, saved = impl.forward(_in_compute_dtype(x, p.cdtype), p)
-    return _as_dtype(y, p.dtype), Cache(op, name, mean, rstd, vars(p), saved)
+    y = _as_dtype(y, p.dtype)
+    if name == "cuda":  # [cuda] results come back as the caller's kind of array (CuPy, torch)
+        y, mean, rstd = (as_kind(a, p.like) for a in (y, mean, rstd))
+    return y, Cache(op, name, mean, rstd, vars(p), saved)
 
 
 def _run_backward(op, dy, cache, backend, params):
@@ -76,6 +79,7 @@ def _run_backward(op, dy, cache, backend, params):
         got = cache.op if isinstance(cache, Cache) else type(cache).__name__
         raise TypeError(f"{op}_backward needs the cache returned by {op}_forward, got {got}")
     p = cache.params
+    like = dy  # [cuda] the caller's kind of array, for the results
     dy = v.as_array("dy", dy)
     v.same_shape("dy", dy, p["shape"])
     # The cache holds the forward backend's private arrays: backward runs there.
@@ -84,7 +88,10 @@ def _run_backward(op, dy, cache, backend, params):
                          f"cannot run on {backend!r}")
     grads = get_impl(op, cache.backend).backward(_in_compute_dtype(dy, p["cdtype"]), cache)
     dtypes = [p["dtype"]] + [None if p[k] is None else p[k + "_dtype"] for k in params]
-    return tuple(None if g is None else _as_dtype(g, t) for g, t in zip(grads, dtypes))
+    grads = tuple(None if g is None else _as_dtype(g, t) for g, t in zip(grads, dtypes))
+    if cache.backend == "cuda":  # [cuda]
+        grads = tuple(as_kind(g, like) for g in grads)
+    return grads
 
 
 def _affine(p, shape, what, names=("weight", "bias")):
@@ -96,10 +103,11 @@ def _affine(p, shape, what, names=("weight", "bias")):
 
 
 def _start(x, op, min_ndim, what):
+    like = x  # [cuda] the caller's kind of array, for the results
     x = v.as_array("x", x)
     v.min_ndim(x, min_ndim, op, what)
     dtype = v.float_dtype("x", x)
-    return x, SimpleNamespace(shape=tuple(x.shape), dtype=dtype, cdtype=v.compute_dtype(dtype))
+    return x, SimpleNamespace(shape=tuple(x.shape), dtype=dtype, cdtype=v.compute_dtype(dtype), like=like)
 
 
 def _running(p, running_mean, running_var, shape, what, updating):

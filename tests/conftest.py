@@ -2,12 +2,15 @@
 
 Every backend-parametrized test runs on "numpy" (the reference) and "cpu" (the
 Numba kernels) always, and on "cuda" only when ``numbanorm.available_backends()``
-lists it. A missing "cpu" backend is a failure, never a skip: the fixture does
-not ask whether it is importable, the tests simply call it.
+lists it (a GPU, or the CUDA simulator with ``NUMBA_ENABLE_CUDASIM=1``). A
+missing "cpu" backend is a failure, never a skip: the fixture does not ask
+whether it is importable, the tests simply call it. Tests marked ``gpu`` run
+only on a real GPU: they are skipped in the simulator and without one.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,6 +28,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 # ----------------------------------------------------------------------------- backends
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    # The CUDA simulator runs every GPU thread as a Python thread, and threads wait for
+    # one another at each barrier: a short GIL switch interval makes them hand over
+    # about three times faster.
+    sys.setswitchinterval(2e-4)
+
+
 def _cuda_available():
     try:
         return "cuda" in nbn.available_backends()
@@ -35,6 +45,22 @@ def _cuda_available():
 BACKEND_PARAMS = [pytest.param("numpy", id="numpy"), pytest.param("cpu", id="cpu")]
 if _cuda_available():
     BACKEND_PARAMS.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
+
+
+def _real_gpu():
+    try:
+        from numba import config, cuda
+        return bool(cuda.is_available()) and not config.ENABLE_CUDASIM
+    except Exception:  # numba-cuda absent or broken: no GPU as far as the tests go
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and not _real_gpu():
+        skip = pytest.mark.skip(reason="needs a real GPU (not the CUDA simulator)")
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", params=BACKEND_PARAMS)
