@@ -50,7 +50,11 @@ def _choose_threading_layer():
 _launch_guard = threading.Lock() if _choose_threading_layer() else contextlib.nullcontext()
 
 helper = njit(**OPTIONS)
-"""Decorator for the per-row / per-item device of a kernel (called from inside kernels)."""
+"""Decorator for a small function called from inside kernels."""
+
+row_helper = njit(inline="always", **OPTIONS)
+"""Decorator for the per-row body of a kernel: inlined into the kernel's loop (at Numba's
+IR level), so a row does not pay a call that passes every array field by value."""
 
 
 def cast_like(arr, value):

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import prange
 
-from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, row_helper
 
 
 @helper
@@ -54,7 +54,7 @@ def _xhat_terms(row, mean, rstd):
     return m_hi, cast_like(row, rstd), cast_like(row, -(mean - m_hi) * rstd)
 
 
-@helper
+@row_helper
 def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out):
     L = x.shape[1]
     seg = L // nseg
@@ -90,7 +90,7 @@ def _accumulate(xs, gs, m, rs, lo, dw, db):
         db[j] += gs[j]
 
 
-@helper
+@row_helper
 def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_acc):
     """dx of one row, adding its dweight/dbias terms to the block's accumulators.
 
