@@ -8,11 +8,14 @@ combined afterwards in a fixed order.
 """
 import contextlib
 import importlib
+import math
 import os
+import sys
 import threading
 import types
 
 import numba
+import numpy as np
 from numba import njit
 from numba.extending import overload
 
@@ -97,3 +100,47 @@ def kernel(fn):
 def items(n, per_item):
     """The number of work items covering ``n`` units, ``per_item`` units each."""
     return -(-n // per_item) if n else 0
+
+
+class OutputPool:
+    """Large output buffers, reused once the caller has dropped every array made from them.
+
+    A training loop asks for outputs of the same sizes every step. A fresh large
+    array is fresh memory from the OS, which the kernel must fault in and zero
+    page by page: as costly as writing the output a second time. The pool keeps
+    the last few large buffers and hands one out again when nothing but the pool
+    refers to it (CPython's reference count says so; any view, memoryview or
+    torch.from_numpy of an output keeps its buffer alive and out of reach).
+    """
+
+    def __init__(self, min_bytes=1 << 22, max_buffers=8):
+        self.min_bytes = min_bytes
+        self.max_buffers = max_buffers
+        self._buffers = []
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype):
+        """An uninitialised C-contiguous array, like ``np.empty(shape, dtype)``."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.min_bytes:
+            return np.empty(shape, dtype)
+        with self._lock:
+            for i in range(len(self._buffers)):
+                # Free when the only references are the list's and getrefcount's argument.
+                if self._buffers[i].nbytes == nbytes and sys.getrefcount(self._buffers[i]) == 2:
+                    buffer = self._buffers.pop(i)
+                    self._buffers.append(buffer)  # most recently used last
+                    return buffer.view(dtype).reshape(shape)
+            buffer = np.empty(nbytes, np.uint8)
+            self._buffers.append(buffer)
+            if len(self._buffers) > self.max_buffers:
+                self._buffers.pop(0)
+        return buffer.view(dtype).reshape(shape)
+
+    def empty_like(self, a):
+        return self.empty(a.shape, a.dtype)
+
+
+outputs = OutputPool()
+"""The pool every CPU op takes its large outputs (y, dx) from."""

@@ -20,7 +20,7 @@ results are the same for any number of threads. Per-(o, c) vectors passed in
 import numpy as np
 from numba import prange
 
-from ._kernel import ITEM_ELEMENTS, helper, items, kernel
+from ._kernel import ITEM_ELEMENTS, helper, items, kernel, outputs
 
 
 def rows_per_item(x4):
@@ -129,7 +129,7 @@ def _apply_lanes(x3, y3, mean, scale, shift):
 
 def scale_shift(x4, mean, scale, shift):
     """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]``."""
-    y4 = np.empty_like(x4)
+    y4 = outputs.empty_like(x4)
     O, A, C, B = x4.shape
     if B == 1:
         _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), mean, scale, shift, work=x4.size)
@@ -209,7 +209,7 @@ def _dx_lanes(x3, dy3, dx3, mean, alpha, beta, gamma):
 
 def dx(x4, dy4, mean, alpha, beta, gamma):
     """``dx = alpha * dy + beta * (x - mean) + gamma`` with per-(o, c) float64 coefficients."""
-    dx4 = np.empty_like(x4)
+    dx4 = outputs.empty_like(x4)
     O, A, C, B = x4.shape
     if B == 1:
         shape = (O, A, C)

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import prange
 
-from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, row_helper
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, row_helper
 
 
 @helper
@@ -164,7 +164,7 @@ def forward(x2, weight, bias, period, nseg, eps, center):
     R, L = x2.shape
     w = _params(weight, period * nseg, 1.0, x2.dtype)
     b = _params(bias, period * nseg, 0.0, x2.dtype)
-    y2 = np.empty_like(x2)
+    y2 = outputs.empty_like(x2)
     mean, rstd, var = np.empty(R), np.empty(R), np.empty(R)
     _forward(x2, y2, w, b, period, nseg, eps, center, mean, rstd, var, work=x2.size)
     return y2, mean, rstd, var
@@ -181,7 +181,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center):
     blocks = items(R, rows_per_item)
     dw_part = np.zeros((blocks, period * nseg))
     db_part = np.zeros((blocks, period * nseg))
-    dx2 = np.empty_like(x2)
+    dx2 = outputs.empty_like(x2)
     _backward(x2, dy2, dx2, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part,
               work=x2.size)
     return dx2, dw_part.sum(axis=0), db_part.sum(axis=0)
