@@ -633,12 +633,19 @@ class Progress:
             self.stream.flush()
 
 
+def _size_argument(text):
+    if text not in SIZES:
+        _parse_label(text)  # raises a clear error for anything else
+    return text
+
+
 def add_arguments(parser):
     """The options of ``python -m numbanorm bench``."""
     parser.add_argument("--backend", default="cpu", choices=BACKENDS, help="backend to time (default cpu)")
-    parser.add_argument("--size", default="large", choices=SIZES,
+    parser.add_argument("--size", default="large", type=_size_argument,
                         help="small: 2**18 elements, in cache; large: 2**25 elements, "
-                             "128 MiB in float32 (default)")
+                             "128 MiB in float32 (default); or a logical shape such as 16384x1024 "
+                             "(rows x features) or 32x64x56x56 (N x C x H x W) with --ops")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--ops", nargs="+", metavar="OP",
                         help="only these ops (e.g. layer_norm, or batch_norm/NHWC for one layout); "
