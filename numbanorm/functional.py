@@ -63,6 +63,9 @@ def _check_momentum(momentum, num_batches_tracked, updating):
 
 def _run_forward(op, x, p, backend, *arrays):
     name = resolve_backend(backend, x, *arrays)
+    if name != "cuda" and not isinstance(x, np.ndarray):
+        raise TypeError(f"the {name!r} backend takes NumPy arrays, and x is a device array: "
+                        "use the 'cuda' backend, or copy x to the host first")
     impl = get_impl(op, name)
     p.factor = _momentum_factor(getattr(p, "momentum", None), getattr(p, "num_batches_tracked", None),
                                 getattr(p, "update_running", False))

@@ -344,3 +344,9 @@ def test_gpu_cupy_and_torch_arrays_come_back_as_their_kind(library):
     to_numpy = (lambda a: a.get()) if library == "cupy" else (lambda a: a.cpu().numpy())
     assert_close(to_numpy(y), y_ref, 1e-4, "y")
     assert float(to_numpy(rm).std()) > 0  # updated in place through the view
+
+
+def test_a_host_backend_refuses_device_arrays_clearly():
+    x = cuda.to_device(np.ones((4, 6), np.float32))
+    with pytest.raises(TypeError, match="takes NumPy arrays"):
+        nbn.layer_norm(x, backend="cpu")
