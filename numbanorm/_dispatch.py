@@ -173,10 +173,14 @@ class Cache:
     __slots__ = ("op", "backend", "mean", "rstd", "params", "saved")
 
     def __init__(self, op, backend, mean, rstd, params, saved):
-        for name, value in (("op", op), ("backend", backend), ("mean", mean), ("rstd", rstd),
-                            ("params", MappingProxyType(dict(params))),
-                            ("saved", MappingProxyType(dict(saved)))):
-            object.__setattr__(self, name, value)
+        """``params`` and ``saved`` are dicts handed over by the caller (wrapped, not copied)."""
+        setattr_ = object.__setattr__
+        setattr_(self, "op", op)
+        setattr_(self, "backend", backend)
+        setattr_(self, "mean", mean)
+        setattr_(self, "rstd", rstd)
+        setattr_(self, "params", MappingProxyType(params))
+        setattr_(self, "saved", MappingProxyType(saved))
 
     def __setattr__(self, name, value):
         raise AttributeError("a numbanorm cache is immutable")
