@@ -711,16 +711,19 @@ def run_command(args, out=None):
                     tr = None
                 progress.step(f"{case.name}: torch warmed")
             for direction in DIRECTIONS:
-                # ours, torch's and the copy sampled in turn: the same load for each
-                fns = [getattr(run, direction)] + ([getattr(tr, direction)] if tr is not None else [])
-                times = interleaved(fns, repeat, run.nbytes, args.backend)
+                # Ours and the copy sampled in turn (the same load for both); torch apart:
+                # its OpenMP threads spin after each call and slow Numba's threads down.
+                t_ours = interleaved([getattr(run, direction)], repeat, run.nbytes, args.backend)[0]
+                t_torch = None
+                if tr is not None:
+                    t_torch = interleaved([getattr(tr, direction)], repeat)[0]
+                    time.sleep(0.2)  # torch's threads stop spinning before our next samples
                 progress.step(f"{case.name} {direction}" + (" (and torch)" if tr is not None else ""))
                 t_ref = None
                 if ref is not None:
                     t_ref = ref.time(direction, repeat)
                     progress.step(f"{case.name} {direction}: numpy")
-                measured.append((case, run.shape, run.nbytes, direction, times[0], t_ref,
-                                 times[1] if len(times) > 1 else None))
+                measured.append((case, run.shape, run.nbytes, direction, t_ours, t_ref, t_torch))
             del run, ref, tr
     finally:
         progress.close()
