@@ -1,0 +1,34 @@
+"""Shapes that steer the CPU row kernels down each of their paths, against the reference.
+
+Backward sums per-element dweight/dbias two rows at a time when the rows share
+their weights (layer/RMS norm), row by row otherwise (group norm on (N, C) input:
+one weight per element, but a different group of weights per row), and leaves an
+odd last row of a block on its own.
+"""
+import numpy as np
+import pytest
+
+import numbanorm as nbn
+
+CASES = [
+    ("group_norm", (7, 8), (4,), {}),              # seg 1, period 4: row by row
+    ("layer_norm", (5, 9), (), {}),                # an odd row count: pairs and a single
+    ("layer_norm", (301, 7, 5), (), {"axis": (1, 2)}),
+    ("layer_norm", (4097, 33), (), {}),            # parallel path, odd rows per block
+    ("rms_norm", (5, 9), (), {}),
+]
+
+
+@pytest.mark.parametrize("op, shape, args, kw", CASES, ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}" for c in CASES])
+def test_row_paths_match_reference(op, shape, args, kw):
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    wshape = (shape[1],) if op == "group_norm" else tuple(shape[a] for a in kw.get("axis", (len(shape) - 1,)))
+    params = {"weight": rng.standard_normal(wshape)}
+    if op != "rms_norm":
+        params["bias"] = rng.standard_normal(wshape)
+    forward, backward = getattr(nbn, op + "_forward"), getattr(nbn, op + "_backward")
+    got = backward(dy, forward(x, *args, backend="cpu", **params, **kw)[1])
+    want = backward(dy, forward(x, *args, backend="numpy", **params, **kw)[1])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(1.0, float(np.abs(w).max())))
