@@ -26,6 +26,11 @@ def rows_view(x, axes):
     return moved.reshape(rows, length), undo
 
 
+def slices_view(v, axis):
+    """``v`` as rows, one per index of ``axis`` (a single row when ``axis`` is None), and the way back."""
+    return rows_view(v, tuple(i for i in range(v.ndim) if axis is None or i != axis))
+
+
 def channel_view(x, axis):
     """``x`` as a C-contiguous ``(A, C, B)`` array with the channel axis in the middle."""
     x = np.ascontiguousarray(x)

@@ -21,6 +21,7 @@ __all__ = [
     "rms_norm", "rms_norm_forward", "rms_norm_backward",
     "group_norm", "group_norm_forward", "group_norm_backward",
     "instance_norm", "instance_norm_forward", "instance_norm_backward",
+    "weight_norm", "weight_norm_forward", "weight_norm_backward",
 ]
 
 
@@ -449,3 +450,77 @@ def instance_norm(x, **kwargs):
 def instance_norm_backward(dy, cache, *, backend=None):
     """Gradients of :func:`instance_norm_forward`: ``(dx, dweight, dbias)``, None for absent params."""
     return _run_backward("instance_norm", dy, cache, backend, ("weight", "bias"))
+
+
+
+
+# ----------------------------------------------------------------------------- weight_norm
+
+def _weight_norm_args(direction, magnitude, axis, log_scale, eps):
+    """Validate weight_norm's arguments (named so as not to shadow the ``v`` module alias)."""
+    x, p = _start(direction, "weight_norm", 1, "a weight with at least one axis")
+    if axis is None:
+        p.axis, slices = None, 1
+        allowed = [(), (1,) * x.ndim]
+    else:
+        p.axis = v.axes(axis, x.ndim)[0]
+        slices = x.shape[p.axis]
+        keepdims = tuple(slices if i == p.axis else 1 for i in range(x.ndim))
+        allowed = [(slices,), keepdims]
+    g = v.as_array("g", magnitude)
+    if tuple(g.shape) not in allowed:
+        raise ValueError(f"g has shape {tuple(g.shape)}; expected one of {sorted(set(allowed))} "
+                         f"(one magnitude per slice along axis {p.axis})")
+    p.g_shape, p.g_dtype = tuple(g.shape), g.dtype
+    p.g = _in_compute_dtype(g, p.cdtype)
+    p.log_scale = bool(log_scale)
+    if not isinstance(eps, v._REALS) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    p.eps = float(eps)
+    return x, p
+
+
+def weight_norm_forward(v, g, *, axis=0, log_scale=False, eps=0.0, backend=None):
+    """Weight normalization that also returns the cache for :func:`weight_norm_backward`.
+
+    See :func:`weight_norm` for the arguments. ``cache.rstd`` is ``1 / ||v||`` per
+    slice (with ``eps`` inside the root); ``cache.mean`` is None.
+    """
+    x, p = _weight_norm_args(v, g, axis, log_scale, eps)
+    return _run_forward("weight_norm", x, p, backend, g)
+
+
+def weight_norm(v, g, **kwargs):
+    """Weight normalization (Salimans & Kingma 2016): ``w = g * v / ||v||``.
+
+    Parameters
+    ----------
+    v : array
+        The direction, float16, float32 or float64.
+    g : array
+        The magnitude, one per slice along ``axis``: shape ``(v.shape[axis],)`` or
+        PyTorch's keepdims shape (1 everywhere but ``axis``); a scalar when ``axis``
+        is None. With ``log_scale`` it is ``s`` and the magnitude is ``exp(s)``.
+    axis : int or None
+        The axis that is kept: the norm runs over every other axis (0: one norm per
+        output unit of a linear or conv weight). None: over all of ``v``.
+    log_scale : bool
+        Take ``g = exp(s)`` (the exponential parameterisation of the paper).
+    eps : float
+        Added to the squared norm, so a zero slice of ``v`` gives zeros rather
+        than NaN; 0 (the default) matches ``torch._weight_norm``.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    w : array
+        The weight, with the shape and dtype of ``v``.
+    """
+    return weight_norm_forward(v, g, **kwargs)[0]
+
+
+def weight_norm_backward(dw, cache, *, backend=None):
+    """Gradients of :func:`weight_norm_forward`: ``(dv, dg)``, ``dg`` in ``g``'s shape and dtype
+    (``ds`` for ``s`` with ``log_scale``)."""
+    return _run_backward("weight_norm", dw, cache, backend, ("g",))
