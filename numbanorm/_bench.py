@@ -98,6 +98,7 @@ CASES = (
     Case("group_norm", "NHWC", IMAGE),
     Case("instance_norm", "NCHW", IMAGE),
     Case("instance_norm", "NHWC", IMAGE),
+    Case("weight_norm", "rows", ROWS),   # v of (out, in) features, one magnitude per row
 )
 OPS = tuple(dict.fromkeys(c.op for c in CASES))
 
@@ -433,6 +434,9 @@ def host_inputs(case, size, dtype, seed=0):
         kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=case.axis, eps=EPS)
     elif case.op == "instance_norm":
         kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=case.axis, eps=EPS)
+    elif case.op == "weight_norm":
+        args = (rng.uniform(0.5, 1.5, logical[0]).astype(dtype),)
+        kwargs = dict(axis=0)
     else:
         raise ValueError(f"no inputs for {case.op}")
     return x, dy, args, kwargs
@@ -575,6 +579,12 @@ class TorchRun:
             def fn():
                 return F.instance_norm(xt, weight=p["weight"], bias=p["bias"], use_input_stats=True,
                                        eps=p["eps"])
+        elif case.op == "weight_norm":
+            gt = tensor(args[0].reshape(-1, 1), True)
+            self.inputs.append(gt)
+
+            def fn():
+                return torch._weight_norm(xt, gt, 0)
         else:
             raise NotImplementedError(f"no torch equivalent of {case.op}")
         self.fn = fn
