@@ -182,6 +182,11 @@ class Cache:
         setattr_(self, "params", MappingProxyType(params))
         setattr_(self, "saved", MappingProxyType(saved))
 
+    @property
+    def sigma(self):
+        """spectral_norm's estimate of the largest singular value (None for other ops)."""
+        return self.saved.get("sigma")
+
     def __setattr__(self, name, value):
         raise AttributeError("a numbanorm cache is immutable")
 

@@ -31,6 +31,14 @@ def slices_view(v, axis):
     return rows_view(v, tuple(i for i in range(v.ndim) if axis is None or i != axis))
 
 
+def matrix_view(w, axis):
+    """``w`` as the matrix ``(w.shape[axis], -1)`` (C-contiguous), and the way back to ``w``'s shape."""
+    moved = np.ascontiguousarray(np.moveaxis(w, axis, 0))
+    rows = moved.shape[0]
+    matrix = moved.reshape(rows, moved.size // rows if rows else 0)
+    return matrix, lambda m: np.moveaxis(m.reshape(moved.shape), 0, axis)
+
+
 def channel_view(x, axis):
     """``x`` as a C-contiguous ``(A, C, B)`` array with the channel axis in the middle."""
     x = np.ascontiguousarray(x)

@@ -110,7 +110,7 @@ def buffer(name, a, shape, what):
     given = a
     a = param(name, a, shape, what)
     if isinstance(a, np.ndarray) and not a.flags.writeable or a is not given and _read_only_device(given):
-        raise ValueError(f"{name} is read-only; running statistics are updated in place")
+        raise ValueError(f"{name} is read-only; it is updated in place")
     if a is not None and not (isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")
                               or hasattr(a, "__cuda_ndarray__")):
         raise TypeError(f"{name} must be an array (it is updated in place), got {type(a).__name__}")

@@ -22,6 +22,7 @@ __all__ = [
     "group_norm", "group_norm_forward", "group_norm_backward",
     "instance_norm", "instance_norm_forward", "instance_norm_backward",
     "weight_norm", "weight_norm_forward", "weight_norm_backward",
+    "spectral_norm", "spectral_norm_forward", "spectral_norm_backward",
 ]
 
 
@@ -524,3 +525,67 @@ def weight_norm_backward(dw, cache, *, backend=None):
     """Gradients of :func:`weight_norm_forward`: ``(dv, dg)``, ``dg`` in ``g``'s shape and dtype
     (``ds`` for ``s`` with ``log_scale``)."""
     return _run_backward("weight_norm", dw, cache, backend, ("g",))
+
+
+# ----------------------------------------------------------------------------- spectral_norm
+
+def spectral_norm_forward(w, u, *, n_power_iterations=1, eps=1e-12, axis=0, training=True, backend=None):
+    """Spectral normalization that also returns the cache for :func:`spectral_norm_backward`.
+
+    See :func:`spectral_norm` for the arguments. ``cache.sigma`` is the estimated
+    largest singular value; ``cache.rstd`` is ``1 / max(sigma, eps)``.
+    """
+    x, p = _start(w, "spectral_norm", 1, "a weight with at least one axis")
+    p.axis = v.axes(axis, x.ndim)[0]
+    rows = x.shape[p.axis]
+    p.training = bool(training)
+    check = v.buffer if p.training else v.param
+    p.u = check("u", u, (rows,), f"one entry per slice of w along axis {p.axis}")
+    if p.u is None:
+        raise ValueError("u is required: the power iteration's left singular vector estimate")
+    n = n_power_iterations
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n_power_iterations must be an integer >= 1, got {n!r}")
+    p.n_power_iterations = int(n)
+    p.eps = v.positive("eps", eps)
+    return _run_forward("spectral_norm", x, p, backend, u)
+
+
+def spectral_norm(w, u, **kwargs):
+    """Spectral normalization (Miyato et al. 2018): ``w / sigma(W)``.
+
+    ``W`` is ``w`` reshaped to ``(w.shape[axis], -1)``. When training, each power
+    iteration computes ``v = normalize(W^T u)`` and ``u = normalize(W v)``, as
+    PyTorch does, and ``u`` is updated in place; in eval ``v = normalize(W^T u)``
+    from the stored ``u`` and nothing is written. ``sigma = u^T W v``, clamped
+    below by ``eps`` so a zero weight gives zeros rather than NaN. Gradients treat
+    ``u`` and ``v`` as constants.
+
+    Parameters
+    ----------
+    w : array
+        The weight, float16, float32 or float64.
+    u : array of shape (w.shape[axis],)
+        The left singular vector estimate; updated in place when ``training``.
+    n_power_iterations : int
+        Power iterations per training call (at least 1).
+    eps : float
+        Floor of the vector norms and of ``sigma``.
+    axis : int
+        The axis of ``w`` that becomes the rows of ``W`` (0 for linear and conv weights).
+    training : bool
+        Run the power iteration and update ``u``.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    w_sn : array
+        ``w / sigma``, with the shape and dtype of ``w``.
+    """
+    return spectral_norm_forward(w, u, **kwargs)[0]
+
+
+def spectral_norm_backward(dy, cache, *, backend=None):
+    """Gradient of :func:`spectral_norm_forward`: ``(dw,)``, with u and v held constant."""
+    return _run_backward("spectral_norm", dy, cache, backend, ())

@@ -1,0 +1,110 @@
+"""Spectral norm on the CPU: power iteration with Numba matrix-vector kernels.
+
+The math is the reference's (numbanorm/reference/spectral_norm.py). Vectors and
+dot products are float64; each kernel splits its work by shape only (rows, or
+fixed column blocks for ``W^T u``), so results do not depend on the threads.
+"""
+import numpy as np
+from numba import prange
+
+from .._host import matrix_view
+from ._kernel import ITEM_ELEMENTS, kernel, outputs
+
+
+@kernel
+def _matvec(W, v, out):
+    """``out = W v``: one dot product per row."""
+    for i in prange(W.shape[0]):
+        row = W[i]
+        total = 0.0
+        for j in range(W.shape[1]):
+            total += row[j] * v[j]
+        out[i] = total
+
+
+@kernel
+def _matvec_t(W, u, cols_per_item, out):
+    """``out = W^T u``: each item owns a block of columns and walks every row (row-major reads)."""
+    R, K = W.shape
+    for k in prange((K + cols_per_item - 1) // cols_per_item):
+        j0, j1 = k * cols_per_item, min(K, (k + 1) * cols_per_item)
+        acc = out[j0:j1]
+        for i in range(R):
+            ui, row = u[i], W[i, j0:j1]
+            for j in range(j1 - j0):
+                acc[j] += row[j] * ui
+
+
+@kernel
+def _scale(W, factor, out):
+    for i in prange(W.shape[0]):
+        src, dst = W[i], out[i]
+        for j in range(W.shape[1]):
+            dst[j] = src[j] * factor
+
+
+@kernel
+def _row_inner(A, B, out):
+    """``out[i] = sum_j A[i, j] * B[i, j]``."""
+    for i in prange(A.shape[0]):
+        a, b = A[i], B[i]
+        total = 0.0
+        for j in range(A.shape[1]):
+            total += a[j] * b[j]
+        out[i] = total
+
+
+@kernel
+def _minus_rank_one(dY, factor, coef, u, v, out):
+    """``out = dY * factor - coef * u v^T``."""
+    for i in prange(dY.shape[0]):
+        src, dst, ui = dY[i], out[i], coef * u[i]
+        for j in range(dY.shape[1]):
+            dst[j] = src[j] * factor - ui * v[j]
+
+
+def _w_v(W, v):
+    out = np.empty(W.shape[0])
+    _matvec(W, v, out, work=W.size)
+    return out
+
+
+def _wt_u(W, u):
+    out = np.zeros(W.shape[1])
+    _matvec_t(W, u, max(1, ITEM_ELEMENTS // max(W.shape[0], 1)), out, work=W.size)
+    return out
+
+
+def _normalize(a, eps):
+    return a / max(float(np.sqrt(a @ a)), eps)
+
+
+def forward(w, p):
+    W, undo = matrix_view(w, p.axis)
+    u = p.u.astype(np.float64)
+    if p.training:
+        for _ in range(p.n_power_iterations):
+            v = _normalize(_wt_u(W, u), p.eps)
+            u = _normalize(_w_v(W, v), p.eps)
+        p.u[...] = u
+    else:
+        v = _normalize(_wt_u(W, u), p.eps)
+    sigma = float(u @ _w_v(W, v))
+    clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
+    y = outputs.empty_like(W)
+    _scale(W, 1.0 / clamped, y, work=W.size)
+    return undo(y), None, np.asarray(1.0 / clamped, p.cdtype), {"W": W, "u": u, "v": v, "sigma": sigma}
+
+
+def backward(dy, cache):
+    p, s = cache.params, cache.saved
+    dY, undo = matrix_view(dy, p["axis"])
+    W, u, v, sigma = s["W"], s["u"], s["v"], s["sigma"]
+    dW = outputs.empty_like(dY)
+    if sigma > p["eps"]:
+        inner = np.empty(W.shape[0])
+        _row_inner(dY, W, inner, work=W.size)
+        _minus_rank_one(dY, 1.0 / sigma, float(inner.sum()) / sigma**2, u, v, dW, work=W.size)
+    else:  # sigma clamped to eps: a constant
+        _scale(dY, 1.0 / p["eps"], dW, work=W.size)
+    return (undo(dW),)
