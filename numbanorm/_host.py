@@ -51,6 +51,15 @@ def sample_channel_view(x, axis):
     return x.reshape(x.shape[0], math.prod(x.shape[1:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
 
 
+def renorm_correction(mean, var, running_mean, running_var, eps, rmax, dmax):
+    """Batch renormalization's constants per channel (float64): ``r = clip(sigma_B / sigma,
+    1/rmax, rmax)`` and ``d = clip((mu_B - mu) / sigma, -dmax, dmax)``, sigma from the running variance."""
+    sigma = np.sqrt(running_var.astype(np.float64) + eps)
+    r = np.clip(np.sqrt(var + eps) / sigma, 1.0 / rmax, rmax)
+    d = np.clip((mean - running_mean.astype(np.float64)) / sigma, -dmax, dmax)
+    return r, d
+
+
 def update_running(running, stat, factor):
     """PyTorch's running average, in place: ``running = (1 - factor) * running + factor * stat``."""
     running[...] = (1.0 - factor) * running.astype(np.float64) + factor * stat

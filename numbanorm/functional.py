@@ -23,6 +23,7 @@ __all__ = [
     "instance_norm", "instance_norm_forward", "instance_norm_backward",
     "weight_norm", "weight_norm_forward", "weight_norm_backward",
     "spectral_norm", "spectral_norm_forward", "spectral_norm_backward",
+    "batch_renorm", "batch_renorm_forward", "batch_renorm_backward",
 ]
 
 
@@ -126,8 +127,8 @@ def _running(p, running_mean, running_var, shape, what, updating):
 # ----------------------------------------------------------------------------- batch_norm
 
 def _batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
-                     num_batches_tracked):
-    x, p = _start(x, "batch_norm", 2, "(N, C, ...) input")
+                     num_batches_tracked, op="batch_norm"):
+    x, p = _start(x, op, 2, "(N, C, ...) input")
     p.axis = v.channel_axis(axis, x.ndim)
     channels = x.shape[p.axis]
     what = f"one value per channel along axis {p.axis}"
@@ -589,3 +590,71 @@ def spectral_norm(w, u, **kwargs):
 def spectral_norm_backward(dy, cache, *, backend=None):
     """Gradient of :func:`spectral_norm_forward`: ``(dw,)``, with u and v held constant."""
     return _run_backward("spectral_norm", dy, cache, backend, ())
+
+
+# ----------------------------------------------------------------------------- batch_renorm
+
+def batch_renorm_forward(x, *, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                         eps=1e-5, rmax=3.0, dmax=5.0, axis=1, num_batches_tracked=None, backend=None):
+    """Batch renormalization that also returns the cache for :func:`batch_renorm_backward`.
+
+    See :func:`batch_renorm` for the arguments. ``cache.mean``/``cache.rstd`` are
+    the batch's statistics when training (the running ones in eval).
+    """
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_renorm needs running_mean and running_var: r and d are measured against them")
+    x, p = _batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                            num_batches_tracked, "batch_renorm")
+    if not isinstance(rmax, v._REALS) or not rmax >= 1:
+        raise ValueError(f"rmax must be a number >= 1, got {rmax!r}")
+    if not isinstance(dmax, v._REALS) or not dmax >= 0:
+        raise ValueError(f"dmax must be a number >= 0, got {dmax!r}")
+    p.rmax, p.dmax = float(rmax), float(dmax)
+    return _run_forward("batch_renorm", x, p, backend, weight, bias, running_mean, running_var)
+
+
+def batch_renorm(x, **kwargs):
+    """Batch renormalization (Ioffe 2017): batch norm corrected towards the running statistics.
+
+    When training, ``y = weight * (xhat * r + d) + bias`` with ``xhat`` the batch-
+    normalized input, ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+    ``d = clip((mu_B - mu) / sigma, -dmax, dmax)`` from the running statistics
+    (mu, sigma**2 = running_var + eps), which are then updated as batch norm
+    does; r and d get no gradient. In eval it is batch norm with the running
+    statistics. ``rmax=1, dmax=0`` is exactly batch norm.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, ...) or channels-last with ``axis``
+        Float16, float32 or float64 input.
+    running_mean, running_var : array of shape (C,)
+        Required; updated in place when training.
+    weight, bias : array of shape (C,), optional
+        Affine parameters.
+    training : bool
+        Renormalize with the batch statistics and update the running ones.
+    momentum : float or None
+        Running-average factor (None: cumulative average, with ``num_batches_tracked``).
+    eps : float
+        Added to the variances; must be positive.
+    rmax, dmax : float
+        Clipping bounds of r (>= 1) and d (>= 0); the layer's schedule raises them
+        from 1 and 0.
+    axis : int
+        The channel axis.
+    num_batches_tracked : integer array of one element, optional
+        Incremented in place each training call.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+    """
+    return batch_renorm_forward(x, **kwargs)[0]
+
+
+def batch_renorm_backward(dy, cache, *, backend=None):
+    """Gradients of :func:`batch_renorm_forward`: ``(dx, dweight, dbias)``, r and d held constant."""
+    return _run_backward("batch_renorm", dy, cache, backend, ("weight", "bias"))
