@@ -24,6 +24,7 @@ __all__ = [
     "weight_norm", "weight_norm_forward", "weight_norm_backward",
     "spectral_norm", "spectral_norm_forward", "spectral_norm_backward",
     "batch_renorm", "batch_renorm_forward", "batch_renorm_backward",
+    "local_response_norm", "local_response_norm_forward", "local_response_norm_backward",
 ]
 
 
@@ -658,3 +659,53 @@ def batch_renorm(x, **kwargs):
 def batch_renorm_backward(dy, cache, *, backend=None):
     """Gradients of :func:`batch_renorm_forward`: ``(dx, dweight, dbias)``, r and d held constant."""
     return _run_backward("batch_renorm", dy, cache, backend, ("weight", "bias"))
+
+
+# ----------------------------------------------------------------------------- local_response_norm
+
+def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0, axis=1, backend=None):
+    """Local response normalization that also returns the cache for
+    :func:`local_response_norm_backward`. See :func:`local_response_norm`."""
+    x, p = _start(x, "local_response_norm", 3, "(N, C, ...) input")
+    p.axis = v.channel_axis(axis, x.ndim)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    p.size = int(size)
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(value, v._REALS):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    p.alpha, p.beta, p.k = float(alpha), float(beta), float(k)
+    return _run_forward("local_response_norm", x, p, backend)
+
+
+def local_response_norm(x, size, **kwargs):
+    """Local response normalization across channels, PyTorch's definition.
+
+    ``y_c = x_c / (k + alpha / size * sum(x_c'**2))**beta`` over the window of
+    ``size`` channels ``c - size // 2 <= c' <= c + (size - 1) // 2``, zero padded
+    at the ends (alpha is divided by ``size``, as PyTorch, Caffe and cuDNN do).
+
+    Parameters
+    ----------
+    x : array, shape (N, C, ...) with at least 3 dimensions
+        Float16, float32 or float64 input.
+    size : int
+        Number of channels in the window (even sizes as PyTorch places them).
+    alpha, beta, k : float
+        The scale, the exponent and the additive constant.
+    axis : int
+        The channel axis.
+    backend : {"numpy", "cpu", "cuda"}, optional
+        Overrides the backend inferred from the arrays.
+
+    Returns
+    -------
+    y : array
+        Same kind, shape and dtype as ``x``.
+    """
+    return local_response_norm_forward(x, size, **kwargs)[0]
+
+
+def local_response_norm_backward(dy, cache, *, backend=None):
+    """Gradient of :func:`local_response_norm_forward`: ``(dx,)``."""
+    return _run_backward("local_response_norm", dy, cache, backend, ())
