@@ -98,7 +98,10 @@ CASES = (
     Case("group_norm", "NHWC", IMAGE),
     Case("instance_norm", "NCHW", IMAGE),
     Case("instance_norm", "NHWC", IMAGE),
+    Case("batch_renorm", "NCHW", IMAGE),
+    Case("local_response_norm", "NCHW", IMAGE),
     Case("weight_norm", "rows", ROWS),   # v of (out, in) features, one magnitude per row
+    Case("spectral_norm", "rows", ROWS),  # w of (out, in) features, u of out entries
 )
 OPS = tuple(dict.fromkeys(c.op for c in CASES))
 
@@ -434,6 +437,16 @@ def host_inputs(case, size, dtype, seed=0):
         kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=case.axis, eps=EPS)
     elif case.op == "instance_norm":
         kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), axis=case.axis, eps=EPS)
+    elif case.op == "batch_renorm":
+        kwargs = dict(weight=vector(0.5, 1.5), bias=vector(-0.5, 0.5), training=True,
+                      running_mean=vector(-0.1, 0.1), running_var=vector(0.8, 1.2),
+                      momentum=0.1, eps=EPS, rmax=1.5, dmax=0.5, axis=case.axis)
+    elif case.op == "local_response_norm":
+        args = (5,)
+        kwargs = dict(axis=case.axis)
+    elif case.op == "spectral_norm":
+        args = (rng.standard_normal(logical[0]).astype(dtype),)
+        kwargs = dict(axis=0)
     elif case.op == "weight_norm":
         args = (rng.uniform(0.5, 1.5, logical[0]).astype(dtype),)
         kwargs = dict(axis=0)
@@ -579,6 +592,9 @@ class TorchRun:
             def fn():
                 return F.instance_norm(xt, weight=p["weight"], bias=p["bias"], use_input_stats=True,
                                        eps=p["eps"])
+        elif case.op == "local_response_norm":
+            def fn():
+                return F.local_response_norm(xt, args[0])
         elif case.op == "weight_norm":
             gt = tensor(args[0].reshape(-1, 1), True)
             self.inputs.append(gt)

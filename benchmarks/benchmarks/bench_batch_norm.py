@@ -14,3 +14,10 @@ class BatchNormVsTorch(_VsTorch):
 
     op = "batch_norm"
     params, param_names = op_params(op)
+
+
+class BatchRenorm(_OpBenchmark):
+    """``batch_renorm_forward``/``_backward``, training, with clipping bounds rmax=1.5, dmax=0.5."""
+
+    op = "batch_renorm"
+    params, param_names = op_params(op)

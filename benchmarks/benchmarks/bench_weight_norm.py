@@ -1,4 +1,5 @@
-"""Weight norm of a (out, in) weight, one magnitude per output row."""
+"""Weight reparametrizations of a (out, in) weight: weight norm (one magnitude per output
+row) and spectral norm."""
 from ._common import _OpBenchmark, _VsTorch, op_params
 
 
@@ -13,4 +14,11 @@ class WeightNormVsTorch(_VsTorch):
     """Against ``torch._weight_norm``."""
 
     op = "weight_norm"
+    params, param_names = op_params(op)
+
+
+class SpectralNorm(_OpBenchmark):
+    """``spectral_norm_forward`` (one power iteration, u updated) and ``_backward``."""
+
+    op = "spectral_norm"
     params, param_names = op_params(op)
