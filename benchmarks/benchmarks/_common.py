@@ -79,9 +79,14 @@ def prepared(key, make):
     return _state[key]
 
 
-def make_run(op, shape, dtype, backend, layout="rows"):
+def find_case(op, layout=None):
+    """The case of ``op`` in ``layout``; None: the op's only layout (no ``layout`` parameter)."""
+    return bench.find_case(op, layout or next(c.layout for c in bench.CASES if c.op == op))
+
+
+def make_run(op, shape, dtype, backend, layout=None):
     """The warmed :class:`Run` of ``op`` (data built, kernels compiled), cached per process."""
-    case = bench.find_case(op, layout)
+    case = find_case(op, layout)
     size = case.size_of(shape)
     return prepared(("run", case.name, size, dtype, backend),
                     lambda: bench.Run(case, size, dtype, backend).warm())
@@ -100,7 +105,7 @@ class _OpBenchmark:
     # 5 samples or 10 s a round.
     repeat = (1, 5, 10.0)
 
-    def setup(self, backend, shape, dtype, layout="rows"):
+    def setup(self, backend, shape, dtype, layout=None):
         self.run = make_run(self.op, shape, dtype, backend, layout)
 
     def time_forward(self, *params):
@@ -137,12 +142,12 @@ class _VsTorch:
     op = None
     timeout = 300.0
 
-    def setup(self, backend, shape, dtype, layout="rows"):
+    def setup(self, backend, shape, dtype, layout=None):
         if backend == "numpy":
             raise NotImplementedError("the numpy reference is not compared with torch")
         if not bench.torch_available():
             raise NotImplementedError("torch is not installed")
-        case = bench.find_case(self.op, layout)
+        case = find_case(self.op, layout)
         size = case.size_of(shape)
 
         def make():
