@@ -89,6 +89,18 @@ def positive(name, value):
     return float(value)
 
 
+def at_least(name, value, low):
+    if not isinstance(value, _REALS) or not value >= low:
+        raise ValueError(f"{name} must be a number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def real(name, value):
+    if not isinstance(value, _REALS):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
 def fraction(name, value):
     if not isinstance(value, _REALS) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")

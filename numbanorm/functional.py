@@ -477,9 +477,7 @@ def _weight_norm_args(direction, magnitude, axis, log_scale, eps):
     p.g_shape, p.g_dtype = tuple(g.shape), g.dtype
     p.g = _in_compute_dtype(g, p.cdtype)
     p.log_scale = bool(log_scale)
-    if not isinstance(eps, v._REALS) or not eps >= 0:
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-    p.eps = float(eps)
+    p.eps = v.at_least("eps", eps, 0)
     return x, p
 
 
@@ -606,11 +604,7 @@ def batch_renorm_forward(x, *, running_mean, running_var, weight=None, bias=None
         raise ValueError("batch_renorm needs running_mean and running_var: r and d are measured against them")
     x, p = _batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
                             num_batches_tracked, "batch_renorm")
-    if not isinstance(rmax, v._REALS) or not rmax >= 1:
-        raise ValueError(f"rmax must be a number >= 1, got {rmax!r}")
-    if not isinstance(dmax, v._REALS) or not dmax >= 0:
-        raise ValueError(f"dmax must be a number >= 0, got {dmax!r}")
-    p.rmax, p.dmax = float(rmax), float(dmax)
+    p.rmax, p.dmax = v.at_least("rmax", rmax, 1), v.at_least("dmax", dmax, 0)
     return _run_forward("batch_renorm", x, p, backend, weight, bias, running_mean, running_var)
 
 
@@ -671,10 +665,7 @@ def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0, axis=1
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     p.size = int(size)
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not isinstance(value, v._REALS):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    p.alpha, p.beta, p.k = float(alpha), float(beta), float(k)
+    p.alpha, p.beta, p.k = v.real("alpha", alpha), v.real("beta", beta), v.real("k", k)
     return _run_forward("local_response_norm", x, p, backend)
 
 
