@@ -39,6 +39,24 @@ def matrix_view(w, axis):
     return matrix, lambda m: np.moveaxis(m.reshape(moved.shape), 0, axis)
 
 
+def power_iteration(times_v, transpose_times_u, u, steps, eps, training):
+    """spectral_norm's ``(u, v)``, float64 host vectors, from the products ``W v`` and ``W^T u``.
+
+    Training: ``steps`` rounds of ``v = normalize(W^T u)``, ``u = normalize(W v)``, as
+    PyTorch does. Eval: ``v = normalize(W^T u)`` from the given ``u``. Norms are
+    floored at ``eps``.
+    """
+    def normalize(a):
+        return a / max(float(np.sqrt(a @ a)), eps)
+
+    if not training:
+        return u, normalize(transpose_times_u(u))
+    for _ in range(steps):
+        v = normalize(transpose_times_u(u))
+        u = normalize(times_v(v))
+    return u, v
+
+
 def channel_view(x, axis):
     """``x`` as a C-contiguous ``(A, C, B)`` array with the channel axis in the middle."""
     x = np.ascontiguousarray(x)

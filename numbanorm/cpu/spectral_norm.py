@@ -7,7 +7,7 @@ fixed column blocks for ``W^T u``), so results do not depend on the threads.
 import numpy as np
 from numba import prange
 
-from .._host import matrix_view
+from .._host import matrix_view, power_iteration
 from ._kernel import ITEM_ELEMENTS, kernel, outputs
 
 
@@ -75,20 +75,12 @@ def _wt_u(W, u):
     return out
 
 
-def _normalize(a, eps):
-    return a / max(float(np.sqrt(a @ a)), eps)
-
-
 def forward(w, p):
     W, undo = matrix_view(w, p.axis)
-    u = p.u.astype(np.float64)
+    u, v = power_iteration(lambda v: _w_v(W, v), lambda u: _wt_u(W, u), p.u.astype(np.float64),
+                           p.n_power_iterations, p.eps, p.training)
     if p.training:
-        for _ in range(p.n_power_iterations):
-            v = _normalize(_wt_u(W, u), p.eps)
-            u = _normalize(_w_v(W, v), p.eps)
         p.u[...] = u
-    else:
-        v = _normalize(_wt_u(W, u), p.eps)
     sigma = float(u @ _w_v(W, v))
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = outputs.empty_like(W)

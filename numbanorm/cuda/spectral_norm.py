@@ -6,6 +6,7 @@ The math is the reference's (numbanorm/reference/spectral_norm.py).
 import numpy as np
 from numba import cuda
 
+from .._host import power_iteration
 from ._launch import empty, flat_config, grid_config, is_host, rows, to_device
 
 
@@ -55,10 +56,6 @@ def _product(kernel, W, vector, length):
     return out.copy_to_host()
 
 
-def _normalize(a, eps):
-    return a / max(float(np.sqrt(a @ a)), eps)
-
-
 def _scaled(M, factor, coef, u, v, dtype):
     out = empty(M.shape, dtype)
     if M.size:
@@ -75,17 +72,13 @@ def forward(w, p):
     host = is_host(w)
     W, undo = rows(w, _axes_but(w.ndim, p.axis), p.cdtype)
     R, K = W.shape
-    u = (p.u if is_host(p.u) else p.u.copy_to_host()).astype(np.float64)
-    if p.training:
-        for _ in range(p.n_power_iterations):
-            v = _normalize(_product(_matvec_t, W, u, K), p.eps)
-            u = _normalize(_product(_matvec, W, v, R), p.eps)
-        if is_host(p.u):
-            p.u[...] = u
-        else:
-            p.u.copy_to_device(u.astype(p.u.dtype))
-    else:
-        v = _normalize(_product(_matvec_t, W, u, K), p.eps)
+    u, v = power_iteration(lambda v: _product(_matvec, W, v, R), lambda u: _product(_matvec_t, W, u, K),
+                           (p.u if is_host(p.u) else p.u.copy_to_host()).astype(np.float64),
+                           p.n_power_iterations, p.eps, p.training)
+    if p.training and is_host(p.u):
+        p.u[...] = u
+    elif p.training:
+        p.u.copy_to_device(u.astype(p.u.dtype))
     sigma = float(u @ _product(_matvec, W, v, R))
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = _scaled(W, 1.0 / clamped, 0.0, u, v, p.dtype)

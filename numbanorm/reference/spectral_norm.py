@@ -6,23 +6,15 @@ Gradients hold u and v constant: ``dW = dy / sigma - <dy, W> / sigma**2 * u v^T`
 """
 import numpy as np
 
-from .._host import matrix_view
-
-
-def _normalize(a, eps):
-    return a / max(float(np.linalg.norm(a)), eps)
+from .._host import matrix_view, power_iteration
 
 
 def forward(w, p):
     W, undo = matrix_view(w.astype(np.float64), p.axis)
-    u = p.u.astype(np.float64)
+    u, v = power_iteration(lambda v: W @ v, lambda u: W.T @ u, p.u.astype(np.float64), p.n_power_iterations,
+                           p.eps, p.training)
     if p.training:
-        for _ in range(p.n_power_iterations):
-            v = _normalize(W.T @ u, p.eps)
-            u = _normalize(W @ v, p.eps)
         p.u[...] = u
-    else:
-        v = _normalize(W.T @ u, p.eps)
     sigma = float(u @ (W @ v))
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = undo(W / clamped)
