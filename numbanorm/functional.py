@@ -65,15 +65,25 @@ def _check_momentum(momentum, num_batches_tracked, updating):
     return v.fraction("momentum", momentum)
 
 
-def _run_forward(op, x, p, backend, *arrays):
+def _backend_for(x, backend, *arrays):
+    """The backend that runs on ``x``; TypeError for a device array on a host backend."""
     name = resolve_backend(backend, x, *arrays)
     if name != "cuda" and not isinstance(x, np.ndarray):
         raise TypeError(f"the {name!r} backend takes NumPy arrays, and x is a device array: "
                         "use the 'cuda' backend, or copy x to the host first")
+    return name
+
+
+def _run_forward(op, x, p, backend, *arrays):
+    name = _backend_for(x, backend, *arrays)
     impl = get_impl(op, name)
     p.factor = _momentum_factor(getattr(p, "momentum", None), getattr(p, "num_batches_tracked", None),
                                 getattr(p, "update_running", False))
-    y, mean, rstd, saved = impl.forward(_in_compute_dtype(x, p.cdtype), p)
+    return _forward_result(op, name, p, *impl.forward(_in_compute_dtype(x, p.cdtype), p))
+
+
+def _forward_result(op, name, p, y, mean, rstd, saved):
+    """``(y, cache)`` from a backend's forward: y in the caller's dtype and kind of array."""
     y = _as_dtype(y, p.dtype)
     if name == "cuda":  # [cuda] results come back as the caller's kind of array (CuPy, torch)
         y, mean, rstd = (as_kind(a, p.like) for a in (y, mean, rstd))
@@ -82,18 +92,34 @@ def _run_forward(op, x, p, backend, *arrays):
 
 def _run_backward(op, dy, cache, backend, params):
     """Check ``dy`` against ``cache``, run the backend's backward, cast grads back."""
+    like = dy  # [cuda] the caller's kind of array, for the results
+    dy = _backward_input(op, dy, cache, backend)
+    grads = get_impl(op, cache.backend).backward(dy, cache)
+    return _backward_result(grads, cache, like, params)
+
+
+def _check_cache(op, cache):
     if not isinstance(cache, Cache) or cache.op != op:
         got = cache.op if isinstance(cache, Cache) else type(cache).__name__
         raise TypeError(f"{op}_backward needs the cache returned by {op}_forward, got {got}")
+
+
+def _backward_input(op, dy, cache, backend):
+    """``dy`` checked against ``cache`` (and ``backend``), in the compute dtype."""
+    _check_cache(op, cache)
     p = cache.params
-    like = dy  # [cuda] the caller's kind of array, for the results
     dy = v.as_array("dy", dy)
     v.same_shape("dy", dy, p["shape"])
     # The cache holds the forward backend's private arrays: backward runs there.
     if backend is not None and resolve_backend(backend) != cache.backend:
         raise ValueError(f"this cache was made by the {cache.backend!r} backend; its backward "
                          f"cannot run on {backend!r}")
-    grads = get_impl(op, cache.backend).backward(_in_compute_dtype(dy, p["cdtype"]), cache)
+    return _in_compute_dtype(dy, p["cdtype"])
+
+
+def _backward_result(grads, cache, like, params):
+    """A backend's gradients cast to the dtypes (and [cuda] the kind of array) of the arguments."""
+    p = cache.params
     dtypes = [p["dtype"]] + [None if p[k] is None else p[k + "_dtype"] for k in params]
     grads = tuple(None if g is None else _as_dtype(g, t) for g, t in zip(grads, dtypes))
     if cache.backend == "cuda":  # [cuda]
@@ -128,7 +154,9 @@ def _running(p, running_mean, running_var, shape, what, updating):
 # ----------------------------------------------------------------------------- batch_norm
 
 def _batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
-                     num_batches_tracked, op="batch_norm"):
+                     num_batches_tracked, op="batch_norm", check_count=True):
+    """Validated ``(x, p)`` of batch norm; ``check_count=False`` leaves the check that training
+    has more than one value per channel to the caller (SyncBatchNorm checks the total over ranks)."""
     x, p = _start(x, op, 2, "(N, C, ...) input")
     p.axis = v.channel_axis(axis, x.ndim)
     channels = x.shape[p.axis]
@@ -143,7 +171,7 @@ def _batch_norm_args(x, running_mean, running_var, weight, bias, training, momen
     p.eps = v.positive("eps", eps)
     p.num_batches_tracked = v.counter("num_batches_tracked", num_batches_tracked)
     p.momentum = _check_momentum(momentum, p.num_batches_tracked, p.update_running)
-    if p.training:
+    if p.training and check_count:
         v.more_than_one(x.size // max(channels, 1) if channels else 0, x.shape)
     return x, p
 

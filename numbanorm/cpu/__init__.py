@@ -9,7 +9,8 @@ from importlib import import_module
 
 from .._dispatch import register
 
-OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "weight_norm", "spectral_norm", "batch_renorm", "local_response_norm")
+OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "weight_norm", "spectral_norm", "batch_renorm", "local_response_norm",
+       "sync_batch_norm")
 
 for _op in OPS:
     register(_op, "cpu")(import_module(f".{_op}", __name__))

@@ -21,6 +21,26 @@ def _spread(v, group_size):
     return np.repeat(total, group_size, axis=1)
 
 
+def dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size=1):
+    """``(alpha, beta, gamma)`` of ``dx = alpha * dy + beta * (x - mean) + gamma`` per (o, c).
+
+    ``sum_dy`` and ``sum_dyx = sum(dy * (x - mean))`` are per (o, c), over the
+    ``n / group_size`` values of each channel; with batch statistics (over ``n``
+    values per statistic) ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``
+    for ``g = weight * dy``, with frozen ones ``dx = rstd * g``. SyncBatchNorm
+    passes sums and ``n`` taken over every rank's batch.
+    """
+    w = 1.0 if weight is None else weight.astype(np.float64)
+    alpha = rstd * w
+    if batch_stats:
+        mean_g = _spread(w * sum_dy, group_size) / n
+        mean_gxhat = rstd * _spread(w * sum_dyx, group_size) / n
+        beta, gamma = -rstd * rstd * mean_gxhat, -rstd * mean_g
+    else:
+        beta = gamma = np.zeros_like(rstd)
+    return alpha, beta, gamma
+
+
 def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
     """(dx4, dweight, dbias) of :func:`normalize_channels`; statistics per (o, c), shared by
     ``group_size`` consecutive channels (group norm).
@@ -31,15 +51,8 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
     give ``dx = rstd * g``.
     """
     sum_dy, sum_dyx = channelwise.grad_sums(x4, dy4, mean)
-    w = 1.0 if weight is None else weight.astype(np.float64)
-    alpha = rstd * w
-    if batch_stats:
-        n = x4.shape[1] * x4.shape[3] * group_size
-        mean_g = _spread(w * sum_dy, group_size) / n
-        mean_gxhat = rstd * _spread(w * sum_dyx, group_size) / n
-        beta, gamma = -rstd * rstd * mean_gxhat, -rstd * mean_g
-    else:
-        beta = gamma = np.zeros_like(rstd)
+    n = x4.shape[1] * x4.shape[3] * group_size
+    alpha, beta, gamma = dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size)
     dx4 = channelwise.dx(x4, dy4, mean, alpha, beta, gamma)
     dweight = None if weight is None else (sum_dyx * rstd).sum(axis=0)
     dbias = None if bias is None else sum_dy.sum(axis=0)

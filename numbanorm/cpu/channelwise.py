@@ -91,6 +91,16 @@ def chan_merge(count, mean, m2):
 
 def moments(x4):
     """Count per (o, c) and the float64 mean and biased variance, shape (O, C), over axes 1 and 3."""
+    n, mu, sq = moments_m2(x4)
+    return n, mu, sq / max(n, 1)
+
+
+def moments_m2(x4):
+    """Count per (o, c) and the float64 mean and sum of squared deviations (M2), shape (O, C).
+
+    M2 rather than the variance is what Chan's formula merges, e.g. across the
+    ranks of SyncBatchNorm. An empty input gives zeros.
+    """
     O, A, C, B = x4.shape
     per_item = rows_per_item(x4)
     k = items(A, per_item)
@@ -101,7 +111,7 @@ def moments(x4):
         _moments_rows(x4, per_item, mean, m2, work=x4.size)
     count = np.minimum(per_item, A - per_item * np.arange(k)).astype(np.float64) * B
     _, mu, sq = chan_merge(count, mean, m2)
-    return A * B, mu, sq / max(A * B, 1)
+    return A * B, mu, sq
 
 
 # ----------------------------------------------------------------------------- y = (x - mean) * scale + shift

@@ -17,7 +17,8 @@ from numba import cuda
 
 from .._dispatch import register
 
-OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "weight_norm", "batch_renorm", "local_response_norm", "spectral_norm")
+OPS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "weight_norm", "batch_renorm", "local_response_norm", "spectral_norm",
+       "sync_batch_norm")
 
 
 def check_available():

@@ -307,6 +307,62 @@ def _dx(x, dy, dx, mean, rstd, w, sum_dy, sum_dyx, inv_n, period, nseg):
             dx[r, j] = rstd[c] * w[c] * (dy[r, j] - inv_n * (sum_dy[c] + xhat * sum_dyx[c]))
 
 
+def grad_sums(x3, dy3, mean, rstd):
+    """``sum(dy)`` and ``sum(dy * xhat)`` per channel, ``xhat = (x - mean) * rstd``.
+
+    Parameters
+    ----------
+    x3, dy3 : device arrays, shape (A, C, B), C-contiguous, compute dtype
+    mean, rstd : device arrays, shape (C,)
+
+    Returns
+    -------
+    sum_dy, sum_dy_xhat : device arrays, shape (C,), in ``x3``'s dtype
+    """
+    A, C, B = x3.shape
+    dtype = x3.dtype
+    if x3.size == 0:
+        return full(C, 0.0, dtype), full(C, 0.0, dtype)
+    if B > 1:
+        length = _piece_length(A, C, B)
+        pieces = cdiv(B, length)
+        part_dy, part_dyx = empty((A * C, pieces), dtype), empty((A * C, pieces), dtype)
+        grid, block = row_config(A * C * pieces, length)
+        _plane_grad_sums[grid, block, 0, scratch_bytes(block, dtype)](x3.reshape(A * C, B), dy3.reshape(A * C, B),
+                                                                      mean, rstd, C, length, part_dy, part_dyx)
+        part_dy = _by_channel(part_dy.reshape(A, C, pieces), dtype)
+        part_dyx = _by_channel(part_dyx.reshape(A, C, pieces), dtype)
+    else:
+        per, K = _chunks(A, C)
+        part_dy, part_dyx = empty((K, C), dtype), empty((K, C), dtype)
+        grid, block = grid_config(K, C)
+        _chunk_grad_sums[grid, block](x3.reshape(A, C), dy3.reshape(A, C), mean, rstd, per, part_dy, part_dyx)
+    sum_dy, sum_dyx = empty(C, dtype), empty(C, dtype)
+    grid, block = flat_config(C)
+    column_sums[grid, block](part_dy, part_dyx, sum_dy, sum_dyx)
+    return sum_dy, sum_dyx
+
+
+def dx_from_sums(x3, dy3, mean, rstd, weight, sum_dy, sum_dy_xhat, count, dx_dtype):
+    """``dx = rstd * w * (dy - (sum_dy + xhat * sum_dy_xhat) / count)`` per channel.
+
+    ``count`` is the number of values per channel the sums were taken over (the
+    batch of every rank for SyncBatchNorm); None: frozen statistics, ``dx = rstd * w * dy``.
+    The sums are device vectors of shape (C,).
+    """
+    dtype = x3.dtype
+    dx3 = empty(x3.shape, dx_dtype)
+    if x3.size == 0:
+        return dx3
+    C = x3.shape[1]
+    x2, period, nseg = _rows(x3)
+    inv_n = dtype.type(0.0 if count is None else 1.0 / count)
+    grid, block = grid_config(*x2.shape)
+    _dx[grid, block](x2, dy3.reshape(x2.shape), dx3.reshape(x2.shape), mean, rstd, vector(weight, C, 1.0, dtype),
+                     sum_dy, sum_dy_xhat, inv_n, period, nseg)
+    return dx3
+
+
 def grads(x3, dy3, mean, rstd, weight, batch_stats, dx_dtype):
     """Gradients of :func:`normalize`.
 
@@ -330,30 +386,6 @@ def grads(x3, dy3, mean, rstd, weight, batch_stats, dx_dtype):
         ``sum(dy * xhat)`` and ``sum(dy)`` per channel.
     """
     A, C, B = x3.shape
-    dtype = x3.dtype
-    sum_dy, sum_dyx = empty(C, dtype), empty(C, dtype)
-    dx3 = empty(x3.shape, dx_dtype)
-    if x3.size == 0:
-        return dx3, full(C, 0.0, dtype), full(C, 0.0, dtype)
-    if B > 1:
-        length = _piece_length(A, C, B)
-        pieces = cdiv(B, length)
-        part_dy, part_dyx = empty((A * C, pieces), dtype), empty((A * C, pieces), dtype)
-        grid, block = row_config(A * C * pieces, length)
-        _plane_grad_sums[grid, block, 0, scratch_bytes(block, dtype)](x3.reshape(A * C, B), dy3.reshape(A * C, B),
-                                                                      mean, rstd, C, length, part_dy, part_dyx)
-        part_dy = _by_channel(part_dy.reshape(A, C, pieces), dtype)
-        part_dyx = _by_channel(part_dyx.reshape(A, C, pieces), dtype)
-    else:
-        per, K = _chunks(A, C)
-        part_dy, part_dyx = empty((K, C), dtype), empty((K, C), dtype)
-        grid, block = grid_config(K, C)
-        _chunk_grad_sums[grid, block](x3.reshape(A, C), dy3.reshape(A, C), mean, rstd, per, part_dy, part_dyx)
-    grid, block = flat_config(C)
-    column_sums[grid, block](part_dy, part_dyx, sum_dy, sum_dyx)
-    x2, period, nseg = _rows(x3)
-    inv_n = dtype.type(1.0 / (A * B) if batch_stats else 0.0)
-    grid, block = grid_config(*x2.shape)
-    _dx[grid, block](x2, dy3.reshape(x2.shape), dx3.reshape(x2.shape), mean, rstd, vector(weight, C, 1.0, dtype),
-                     sum_dy, sum_dyx, inv_n, period, nseg)
+    sum_dy, sum_dyx = grad_sums(x3, dy3, mean, rstd)
+    dx3 = dx_from_sums(x3, dy3, mean, rstd, weight, sum_dy, sum_dyx, A * B if batch_stats else None, dx_dtype)
     return dx3, sum_dyx, sum_dy
