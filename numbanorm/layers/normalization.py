@@ -79,10 +79,9 @@ class InstanceNorm3d(InstanceNorm):
 def _shape_arg(normalized_shape):
     if isinstance(normalized_shape, (int, np.integer)):
         normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(positive_int("normalized_shape", n) for n in normalized_shape)
-    except TypeError:
-        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}") from None
+    if not isinstance(normalized_shape, (tuple, list)):
+        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
+    shape = tuple(positive_int("normalized_shape", n) for n in normalized_shape)
     if not shape:
         raise ValueError("normalized_shape must name at least one dimension")
     return shape
