@@ -154,3 +154,58 @@ def test_import_numbanorm_does_not_import_mpi4py():
             "assert 'mpi4py' not in sys.modules, 'mpi4py imported'\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=TIMEOUT)
+
+
+# ----------------------------------------------------------------------------- the layer
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_sync_layer_on_one_rank_is_batch_norm_layer(backend, axis):
+    rng = np.random.default_rng(3)
+    x = (5.0 + rng.standard_normal((4, 3, 2, 3) if axis == 1 else (4, 2, 3, 3))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    plain = nbn.layers.BatchNorm(3, axis=axis, momentum=None, backend=backend)
+    sync = nbn.layers.SyncBatchNorm(3, axis=axis, momentum=None, backend=backend, comm=MPI.COMM_SELF)
+    for layer in (plain, sync):
+        layer.load_state_dict({"weight": np.arange(1.0, 4.0), "bias": np.ones(3)}, strict=False)
+    for training in (True, True, False):
+        plain.train(training), sync.train(training)
+        got = _host(sync(x)), _host(sync.backward(dy))
+        want = _host(plain(x)), _host(plain.backward(dy))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for key, value in plain.state_dict().items():
+        np.testing.assert_allclose(sync.state_dict()[key], value, rtol=1e-6)
+    for key, g in plain.grads.items():
+        np.testing.assert_allclose(_host(sync.grads[key]), _host(g), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_sync_batchnorm_shares_the_arrays():
+    L = nbn.layers
+    bn = L.BatchNorm2d(4, eps=1e-3, momentum=0.2, axis=-1, dtype=np.float64).eval()
+    bn.buffers["running_mean"][:] = 7.0
+    renorm, norm, already = L.BatchRenorm2d(4), L.LayerNorm(4), L.SyncBatchNorm(4)
+    model = [bn, (norm, renorm), {"a": already, "b": [bn]}]
+    converted = L.SyncBatchNorm.convert_sync_batchnorm(model, comm=MPI.COMM_SELF)
+    assert model[0] is bn and model[2]["b"][0] is bn, "the containers given are left alone"
+    sync = converted[0]
+    assert type(sync) is L.SyncBatchNorm and sync.comm is MPI.COMM_SELF
+    assert type(converted[1]) is tuple and converted[1][0] is norm and converted[1][1] is renorm
+    assert converted[2]["a"] is already and type(converted[2]["b"][0]) is L.SyncBatchNorm
+    assert (sync.num_features, sync.eps, sync.momentum, sync.axis, sync.dtype, sync.training) == (
+        4, 1e-3, 0.2, -1, np.float64, False)
+    for mine, theirs in ((sync.params, bn.params), (sync.grads, bn.grads), (sync.buffers, bn.buffers)):
+        assert mine.keys() == theirs.keys() and all(mine[k] is theirs[k] for k in mine)
+    assert L.SyncBatchNorm.convert_sync_batchnorm(bn) is not bn
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 4))
+    np.testing.assert_array_equal(sync(x), bn(x))  # eval: the same running statistics
+
+
+def test_sync_layer_comm_is_checked():
+    with pytest.raises(TypeError, match="intracommunicator"):
+        nbn.layers.SyncBatchNorm(3, comm="world")
+    with pytest.raises(TypeError, match="intracommunicator"):
+        nbn.layers.SyncBatchNorm.convert_sync_batchnorm(nbn.layers.BatchNorm1d(3), comm=1)

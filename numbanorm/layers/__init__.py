@@ -17,12 +17,13 @@ from .batch_norm import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, Batch
 from .fold import fold_batch_norm
 from .normalization import (GroupNorm, InstanceNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm,
                             LocalResponseNorm, RMSNorm)
+from .sync_batch_norm import SyncBatchNorm
 from .weights import SpectralNorm, WeightNorm
 
 __all__ = [
     "Module", "IncompatibleKeys",
     "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-    "BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d",
+    "BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "SyncBatchNorm",
     "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "LayerNorm", "RMSNorm", "GroupNorm", "LocalResponseNorm",
     "WeightNorm", "SpectralNorm",

@@ -189,6 +189,41 @@ def training_keeps_ranks_identical():
         assert got[-1][-1] < got[-1][0], "the loss went down"
 
 
+@check
+def sync_layers_train_like_batch_norm_on_the_whole_batch():
+    shards = SHARDS[1]
+    rng = np.random.default_rng(5)
+    x = (2.0 + rng.standard_normal((sum(shards), 3, 2, 2))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    mine = my_slice(shards)
+    for backend in BACKENDS:
+        whole = nbn.layers.BatchNorm2d(3, momentum=None, backend=backend)
+        sync = nbn.layers.SyncBatchNorm.convert_sync_batchnorm([nbn.layers.BatchNorm2d(3, momentum=None)])[0]
+        sync.to(backend)
+        assert isinstance(sync, nbn.layers.SyncBatchNorm)
+        for step in range(3):
+            out = {}
+            for layer, xs, dys, reduce in ((whole, x, dy, lambda g: g), (sync, x[mine], dy[mine], allreduce_sum)):
+                layer.zero_grad()
+                out[layer] = host(layer(xs)), host(layer.backward(dys))
+                for name, param in layer.params.items():  # SGD with the gradients summed over the ranks
+                    new = host(param) - 0.1 * reduce(host(layer.grads[name]).astype(np.float64))
+                    layer.load_state_dict({name: new}, strict=False)
+            for i, what in enumerate(("y", "dx")):
+                close(out[sync][i], out[whole][i][mine], np.float32, f"{backend} layer {what}, step {step}")
+        want, got = whole.state_dict(), sync.state_dict()
+        assert got.keys() == want.keys()
+        for key in want:
+            same_on_every_rank(got[key], f"{backend} layer {key}")
+            close(got[key], want[key], np.float32, f"{backend} layer {key}")
+        assert int(got["num_batches_tracked"]) == 3
+        # Eval: the running statistics, no communication (rank 0 alone).
+        whole.eval(), sync.eval()
+        if rank == 0:
+            close(sync(x), whole(x), np.float32, f"{backend} layer eval")
+        comm.Barrier()
+
+
 # ----------------------------------------------------------------------------- errors
 
 def snapshot(*arrays):
