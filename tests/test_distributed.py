@@ -66,6 +66,12 @@ def test_ranks_together_compute_batch_norm_of_the_whole_batch(ranks):
     assert code == 0 and f"checks passed on {ranks} ranks" in out, f"mpiexec -n {ranks} failed:\n{out}"
 
 
+def test_example_trains_data_parallel():
+    """examples/train_data_parallel.py, which README shows, runs under mpiexec -n 2."""
+    code, out = run_mpi(2, str(ROOT / "examples" / "train_data_parallel.py"))
+    assert code == 0 and "parameters identical on every rank: True" in out, f"the example failed:\n{out}"
+
+
 # ----------------------------------------------------------------------------- one rank, in process
 
 def _data(shape, axis, dtype, seed=0):
