@@ -15,8 +15,9 @@ Forward (training), each rank:
    before anything is computed or written (no rank is left waiting in a collective);
 2. computes its per-channel count, mean and sum of squared deviations (M2) with
    its backend's per-channel statistics primitive (on the GPU for the cuda backend);
-3. joins one ``Allgather`` of its ``(mean, M2)`` (2 C float64) and merges every
-   rank's moments with Chan et al.'s parallel formula, in rank order;
+3. joins one ``Allgather`` of its ``(mean, M2)`` (2 C float64, after a failure
+   flag) and merges every rank's moments with Chan et al.'s parallel formula, in
+   rank order;
 4. updates the running statistics (unbiased variance with the global count) and
    normalizes its shard with the global statistics (batch norm's eval path).
 
@@ -164,10 +165,18 @@ def sync_batch_norm_forward(x, *, running_mean=None, running_var=None, weight=No
                          f"{size} rank{'s' * (size != 1)} (input size {p.shape} on this rank)")
 
     # 2. This rank's moments, 3. everyone's, merged in rank order (bitwise the same on every rank).
-    state, mean, m2 = impl.local_moments(_in_compute_dtype(x, p.cdtype), p)
-    moments = np.empty((size, 2, channels))
-    comm.Allgather(np.stack([mean, m2]), moments)
-    mean, m2 = _merge(counts, moments[:, 0], moments[:, 1])
+    # A flag leads the buffer: a rank whose kernels fail (out of device memory, say) tells the others.
+    state, mine = None, np.zeros(1 + 2 * channels)
+    try:
+        state, mean, m2 = impl.local_moments(_in_compute_dtype(x, p.cdtype), p)
+        mine[1:] = np.concatenate([mean, m2])
+    except Exception as exc:
+        error = exc
+        mine[0] = 1.0
+    moments = np.empty((size, 1 + 2 * channels))
+    comm.Allgather(mine, moments)
+    _raise_if_any_failed(comm, error, moments[:, 0], "sync_batch_norm_forward")
+    mean, m2 = _merge(counts, moments[:, 1:1 + channels], moments[:, 1 + channels:])
 
     # 4. Running statistics as batch norm updates them, then batch norm's eval path with these statistics.
     p.factor = _momentum_factor(p.momentum, p.num_batches_tracked, p.update_running)

@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 import numbanorm as nbn
+from numbanorm._dispatch import get_impl
 from numbanorm.distributed import sync_batch_norm, sync_batch_norm_backward, sync_batch_norm_forward
 
 comm = MPI.COMM_WORLD
@@ -260,6 +261,19 @@ def errors_are_raised_on_every_rank():
     assert (f"rank {bad} of {size}" in str(exc)) == (rank != bad), exc
     xi = x.astype(np.int64) if rank == 0 else x
     raises(TypeError, lambda: sync_batch_norm(xi, **kw), "dtype int64")
+
+    # A kernel failing on one rank once the arguments are agreed (out of memory, say): every rank raises.
+    impl = get_impl("sync_batch_norm", "cpu")
+    original = impl.local_moments
+
+    def fail(*args):
+        raise RuntimeError("simulated failure")
+
+    impl.local_moments = fail if rank == bad else original
+    try:
+        raises(RuntimeError, lambda: sync_batch_norm(x, backend="cpu", **kw), "simulated failure")
+    finally:
+        impl.local_moments = original
 
     for a, b in zip((rm, rv, counter), before):
         assert np.array_equal(a, b), f"rank {rank}: a failed call wrote to its arguments"
