@@ -139,11 +139,6 @@ CASES = {
                          ("weight_orig",), nbn.spectral_norm_backward),
 }
 
-# A handful that cover every family, for the slower checks on the simulator.
-SAMPLE = ("BatchNorm2d", "BatchRenorm1d", "InstanceNorm2d-affine-stats", "LayerNorm", "RMSNorm", "GroupNorm",
-          "LocalResponseNorm", "WeightNorm", "SpectralNorm")
-
-
 def randomized(layer, seed=0):
     """``layer`` with random parameters and running statistics (weights near one, variances positive)."""
     rng = np.random.default_rng(seed)

@@ -138,6 +138,11 @@ def test_loads_real_pytorch_modules_and_computes_the_same():
                 continue  # PyTorch's InstanceNorm never counts; ours counts (momentum=None averages with it)
             np.testing.assert_allclose(ours.state_dict()[key], t.numpy(), rtol=2e-5, err_msg=f"{name} {key}")
         theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})  # and back
+    bn, theirs = L.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        theirs.running_var.fill_(2.0)
+    bn.load_state_dict(theirs.state_dict())  # CPU tensors load as they are
+    np.testing.assert_array_equal(bn.buffers["running_var"], 2.0)
 
 
 def test_loads_real_pytorch_weight_norm_and_spectral_norm():
