@@ -206,6 +206,7 @@ def test_to_cuda_and_back(name):
         np.testing.assert_array_equal(value, state[key], err_msg=key)
     for key, g in layer.grads.items():
         np.testing.assert_array_equal(g.copy_to_host(), grads_host[key])
+    assert layer.load_state_dict(state) == ([], [])  # loads into the device arrays
 
     y = layer(*(cuda.to_device(x) for x in x_inputs))
     assert not isinstance(y, np.ndarray), "device in, device out"
