@@ -124,25 +124,20 @@ CASES = {
     "LocalResponseNorm": Case(lambda **kw: L.LocalResponseNorm(3, alpha=0.5, **kw), (2, 4, 3), {},
                               lambda x, s, t, b: nbn.local_response_norm_forward(x, 3, alpha=0.5, backend=b), (),
                               nbn.local_response_norm_backward),
-    "WeightNorm": Case(lambda **kw: L.WeightNorm(np.arange(1.0, 13.0).reshape(4, 3), **kw), None,
+    "WeightNorm": Case(lambda **kw: L.WeightNorm(np.arange(1, 13, dtype=np.float32).reshape(4, 3), **kw), None,
                        {"weight_g": (4, 1), "weight_v": (4, 3)},
                        lambda x, s, t, b: nbn.weight_norm_forward(s["weight_v"], s["weight_g"], backend=b),
                        ("weight_v", "weight_g"), nbn.weight_norm_backward),
-    "WeightNorm-dim-None": Case(lambda **kw: L.WeightNorm(np.arange(1.0, 7.0).reshape(2, 3), dim=None, **kw), None,
+    "WeightNorm-dim-None": Case(lambda **kw: L.WeightNorm(np.arange(1, 7, dtype=np.float32).reshape(2, 3), dim=None, **kw), None,
                                 {"weight_g": (), "weight_v": (2, 3)},
                                 lambda x, s, t, b: nbn.weight_norm_forward(s["weight_v"], s["weight_g"], axis=None,
                                                                            backend=b),
                                 ("weight_v", "weight_g"), nbn.weight_norm_backward),
-    "SpectralNorm": Case(lambda **kw: L.SpectralNorm(np.arange(24.0).reshape(4, 3, 2) % 5, rng=0, **kw), None,
+    "SpectralNorm": Case(lambda **kw: L.SpectralNorm(np.arange(24, dtype=np.float32).reshape(4, 3, 2) % 5, rng=0, **kw), None,
                          {"weight_orig": (4, 3, 2), "weight_u": (4,), "weight_v": (6,)},
                          _sn_call,
                          ("weight_orig",), nbn.spectral_norm_backward),
 }
-
-# A handful that cover every family, for the slower checks on the simulator.
-SAMPLE = ("BatchNorm2d", "BatchRenorm1d", "InstanceNorm2d-affine-stats", "LayerNorm", "RMSNorm", "GroupNorm",
-          "LocalResponseNorm", "WeightNorm", "SpectralNorm")
-
 
 def randomized(layer, seed=0):
     """``layer`` with random parameters and running statistics (weights near one, variances positive)."""
