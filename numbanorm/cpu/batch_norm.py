@@ -27,20 +27,18 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
 
     With g = weight * dy and n values per statistic, batch statistics give
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, i.e.
-    ``alpha * dy + beta * (x - mean) + gamma``; frozen (running) statistics
-    give ``dx = rstd * g``.
+    ``rstd * (weight * dy - rstd * mean(g * xhat) * (x - mean) - mean(g))``;
+    frozen (running) statistics give ``dx = rstd * g``.
     """
     sum_dy, sum_dyx = channelwise.grad_sums(x4, dy4, mean)
-    w = 1.0 if weight is None else weight.astype(np.float64)
-    alpha = rstd * w
+    w = np.ones_like(rstd) if weight is None else np.broadcast_to(weight.astype(np.float64), rstd.shape)
     if batch_stats:
         n = x4.shape[1] * x4.shape[3] * group_size
         mean_g = _spread(w * sum_dy, group_size) / n
         mean_gxhat = rstd * _spread(w * sum_dyx, group_size) / n
-        beta, gamma = -rstd * rstd * mean_gxhat, -rstd * mean_g
+        dx4 = channelwise.dx(x4, dy4, mean, rstd, w, -rstd * mean_gxhat, -mean_g)
     else:
-        beta = gamma = np.zeros_like(rstd)
-    dx4 = channelwise.dx(x4, dy4, mean, alpha, beta, gamma)
+        dx4 = channelwise.dx(x4, dy4, mean, rstd, w, np.zeros_like(rstd), np.zeros_like(rstd))
     dweight = None if weight is None else (sum_dyx * rstd).sum(axis=0)
     dbias = None if bias is None else sum_dy.sum(axis=0)
     return dx4, dweight, dbias
