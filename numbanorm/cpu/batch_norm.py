@@ -22,7 +22,8 @@ def _spread(v, group_size):
 
 
 def dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size=1):
-    """``(alpha, beta, gamma)`` of ``dx = alpha * dy + beta * (x - mean) + gamma`` per (o, c).
+    """``(alpha, beta, gamma)`` of ``dx = rstd * (alpha * dy + beta * (x - mean) + gamma)`` per (o, c),
+    for :func:`.channelwise.dx`.
 
     ``sum_dy`` and ``sum_dyx = sum(dy * (x - mean))`` are per (o, c), over the
     ``n / group_size`` values of each channel; with batch statistics (over ``n``
@@ -30,15 +31,12 @@ def dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size=1)
     for ``g = weight * dy``, with frozen ones ``dx = rstd * g``. SyncBatchNorm
     passes sums and ``n`` taken over every rank's batch.
     """
-    w = 1.0 if weight is None else weight.astype(np.float64)
-    alpha = rstd * w
+    w = np.ones_like(rstd) if weight is None else np.broadcast_to(weight.astype(np.float64), rstd.shape)
     if batch_stats:
         mean_g = _spread(w * sum_dy, group_size) / n
         mean_gxhat = rstd * _spread(w * sum_dyx, group_size) / n
-        beta, gamma = -rstd * rstd * mean_gxhat, -rstd * mean_g
-    else:
-        beta = gamma = np.zeros_like(rstd)
-    return alpha, beta, gamma
+        return w, -rstd * mean_gxhat, -mean_g
+    return w, np.zeros_like(rstd), np.zeros_like(rstd)
 
 
 def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
@@ -47,13 +45,13 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
 
     With g = weight * dy and n values per statistic, batch statistics give
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, i.e.
-    ``alpha * dy + beta * (x - mean) + gamma``; frozen (running) statistics
-    give ``dx = rstd * g``.
+    ``rstd * (weight * dy - rstd * mean(g * xhat) * (x - mean) - mean(g))``;
+    frozen (running) statistics give ``dx = rstd * g``.
     """
     sum_dy, sum_dyx = channelwise.grad_sums(x4, dy4, mean)
     n = x4.shape[1] * x4.shape[3] * group_size
-    alpha, beta, gamma = dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size)
-    dx4 = channelwise.dx(x4, dy4, mean, alpha, beta, gamma)
+    coefficients = dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size)
+    dx4 = channelwise.dx(x4, dy4, mean, rstd, *coefficients)
     dweight = None if weight is None else (sum_dyx * rstd).sum(axis=0)
     dbias = None if bias is None else sum_dy.sum(axis=0)
     return dx4, dweight, dbias

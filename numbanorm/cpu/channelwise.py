@@ -116,6 +116,23 @@ def moments_m2(x4):
 
 # ----------------------------------------------------------------------------- y = (x - mean) * scale + shift
 
+def _rounded_mean(x4, mean):
+    """The float64 per-(o, c) mean rounded to the data's dtype, and its rounding error.
+
+    The kernels then run in the data's dtype (float32: twice the lanes of float64
+    and no conversions); ``x - m_hi`` stays exact for large-mean data, and the
+    caller folds ``m_hi - mean`` into its constant term.
+    """
+    m_hi = mean.astype(x4.dtype)
+    return m_hi, m_hi - mean
+
+
+def _in_dtype(x4, *coefficients):
+    """Per-(o, c) coefficients as C-contiguous ``(O, C)`` arrays of the data's dtype."""
+    shape = (x4.shape[0], x4.shape[2])
+    return [np.ascontiguousarray(np.broadcast_to(v, shape), dtype=x4.dtype) for v in coefficients]
+
+
 @kernel
 def _apply_rows(x4, y4, mean, scale, shift):
     O, A, C, B = x4.shape
@@ -138,13 +155,15 @@ def _apply_lanes(x3, y3, mean, scale, shift):
 
 
 def scale_shift(x4, mean, scale, shift):
-    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]``."""
+    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` (float64 coefficients, broadcast to (O, C))."""
     y4 = outputs.empty_like(x4)
     O, A, C, B = x4.shape
+    m, error = _rounded_mean(x4, mean)
+    s, t = _in_dtype(x4, scale, shift + error * scale)
     if B == 1:
-        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), mean, scale, shift, work=x4.size)
+        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), m, s, t, work=x4.size)
     else:
-        _apply_rows(x4, y4, mean, scale, shift, work=x4.size)
+        _apply_rows(x4, y4, m, s, t, work=x4.size)
     return y4
 
 
@@ -196,35 +215,41 @@ def grad_sums(x4, dy4, mean):
 
 
 @kernel
-def _dx_rows(x4, dy4, dx4, mean, alpha, beta, gamma):
+def _dx_rows(x4, dy4, dx4, mean, rstd, alpha, beta, gamma):
     O, A, C, B = x4.shape
     for i in prange(O * A * C):
         o, a, c = i // (A * C), (i // C) % A, i % C
-        m, p, q, r = mean[o, c], alpha[o, c], beta[o, c], gamma[o, c]
+        m, s, p, q, r = mean[o, c], rstd[o, c], alpha[o, c], beta[o, c], gamma[o, c]
         xs, gs, dst = x4[o, a, c], dy4[o, a, c], dx4[o, a, c]
         for b in range(B):
-            dst[b] = p * gs[b] + q * (xs[b] - m) + r
+            dst[b] = s * (p * gs[b] + q * (xs[b] - m) + r)
 
 
 @kernel
-def _dx_lanes(x3, dy3, dx3, mean, alpha, beta, gamma):
+def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma):
     O, A, C = x3.shape
     for i in prange(O * A):
         o, a = i // A, i % A
         xs, gs, dst = x3[o, a], dy3[o, a], dx3[o, a]
-        m, p, q, r = mean[o], alpha[o], beta[o], gamma[o]
+        m, s, p, q, r = mean[o], rstd[o], alpha[o], beta[o], gamma[o]
         for c in range(C):
-            dst[c] = p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c]
+            dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
 
 
-def dx(x4, dy4, mean, alpha, beta, gamma):
-    """``dx = alpha * dy + beta * (x - mean) + gamma`` with per-(o, c) float64 coefficients."""
+def dx(x4, dy4, mean, rstd, alpha, beta, gamma):
+    """``dx = rstd * (alpha * dy + beta * (x - mean) + gamma)`` with per-(o, c) float64 coefficients.
+
+    rstd multiplies last: a product such as ``rstd * beta`` (about ``rstd**2``)
+    underflows float32 when x is of order 1e20, and fastmath may hoist any
+    product of per-channel constants out of the loop.
+    """
     dx4 = outputs.empty_like(x4)
     O, A, C, B = x4.shape
+    m, error = _rounded_mean(x4, mean)
+    s, p, q, r = _in_dtype(x4, rstd, alpha, beta, gamma + beta * error)
     if B == 1:
         shape = (O, A, C)
-        _dx_lanes(x4.reshape(shape), dy4.reshape(shape), dx4.reshape(shape), mean, alpha, beta, gamma,
-                  work=x4.size)
+        _dx_lanes(x4.reshape(shape), dy4.reshape(shape), dx4.reshape(shape), m, s, p, q, r, work=x4.size)
     else:
-        _dx_rows(x4, dy4, dx4, mean, alpha, beta, gamma, work=x4.size)
+        _dx_rows(x4, dy4, dx4, m, s, p, q, r, work=x4.size)
     return dx4

@@ -35,9 +35,8 @@ def grads(state, cache, total_dy, total_dyx, count):
     (batch norm's coefficients); dweight and dbias are this rank's share."""
     p, s = cache.params, cache.saved
     dy4, sum_dy, sum_dyx = state
-    alpha, beta, gamma = batch_norm.dx_coefficients(total_dy[None], total_dyx[None], count, s["rstd"],
-                                                    p["weight"], True)
-    dx4 = channelwise.dx(s["x4"], dy4, s["mean"], alpha, beta, gamma)
+    coefficients = batch_norm.dx_coefficients(total_dy[None], total_dyx[None], count, s["rstd"], p["weight"], True)
+    dx4 = channelwise.dx(s["x4"], dy4, s["mean"], s["rstd"], *coefficients)
     dweight = None if p["weight"] is None else (sum_dyx * s["rstd"])[0]
     dbias = None if p["bias"] is None else sum_dy[0]
     return dx4.reshape(p["shape"]), dweight, dbias
