@@ -20,12 +20,30 @@ results are the same for any number of threads. Per-(o, c) vectors passed in
 import numpy as np
 from numba import prange
 
+from .._bench import last_level_cache
 from ._kernel import ITEM_ELEMENTS, helper, items, kernel, outputs
+
+# Bytes of data a chunk of samples may hold and still be in the last-level
+# cache when a second pass reads it (half the cache: the other half is for the
+# outputs and the other threads' work).
+CHUNK_BYTES = (last_level_cache() or (3, 8 << 20))[1] // 2
 
 
 def rows_per_item(x4):
     O, A, C, B = x4.shape
     return max(1, ITEM_ELEMENTS // (B if B > 1 else max(C, 1)))
+
+
+def cache_chunks(x4, arrays=1):
+    """Slices of axis 0 covering it in chunks whose data (``arrays`` arrays of
+    ``x4``'s shape) fits in :data:`CHUNK_BYTES`, at least one sample each.
+
+    Statistics per (o, c) involve sample o only, so a per-sample op can take its
+    statistics and normalize chunk by chunk, reading x from memory once. Results
+    do not depend on the chunking: a sample's work items are the same in any chunk.
+    """
+    step = max(1, CHUNK_BYTES // max(1, arrays * x4[:1].nbytes))
+    return [slice(i, i + step) for i in range(0, x4.shape[0], step)]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -144,9 +162,10 @@ def _apply_lanes(x3, y3, mean, scale, shift):
             dst[c] = (src[c] - m[c]) * s[c] + t[c]
 
 
-def scale_shift(x4, mean, scale, shift):
-    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` (float64 coefficients, broadcast to (O, C))."""
-    y4 = outputs.empty_like(x4)
+def scale_shift(x4, mean, scale, shift, out=None):
+    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` (float64 coefficients, broadcast to (O, C)),
+    into ``out`` when given."""
+    y4 = outputs.empty_like(x4) if out is None else out
     O, A, C, B = x4.shape
     m, error = _rounded_mean(x4, mean)
     s, t = _in_dtype(x4, scale, shift + error * scale)
@@ -226,14 +245,14 @@ def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma):
             dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
 
 
-def dx(x4, dy4, mean, rstd, alpha, beta, gamma):
+def dx(x4, dy4, mean, rstd, alpha, beta, gamma, out=None):
     """``dx = rstd * (alpha * dy + beta * (x - mean) + gamma)`` with per-(o, c) float64 coefficients.
 
     rstd multiplies last: a product such as ``rstd * beta`` (about ``rstd**2``)
     underflows float32 when x is of order 1e20, and fastmath may hoist any
-    product of per-channel constants out of the loop.
+    product of per-channel constants out of the loop. Written into ``out`` when given.
     """
-    dx4 = outputs.empty_like(x4)
+    dx4 = outputs.empty_like(x4) if out is None else out
     O, A, C, B = x4.shape
     m, error = _rounded_mean(x4, mean)
     s, p, q, r = _in_dtype(x4, rstd, alpha, beta, gamma + beta * error)
