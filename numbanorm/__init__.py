@@ -7,7 +7,10 @@
 from ._dispatch import available_backends, backend, get_backend, set_backend
 from .functional import *  # noqa: F401,F403  (the public ops)
 from .functional import __all__ as _ops
+from . import layers
+from .layers import *  # noqa: F401,F403  (the stateful layers)
+from .layers import __all__ as _layers
 
 __version__ = "0.1.0"
 
-__all__ = ["available_backends", "backend", "get_backend", "set_backend", *_ops]
+__all__ = ["available_backends", "backend", "get_backend", "set_backend", "layers", *_ops, *_layers]
