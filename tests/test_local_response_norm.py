@@ -37,6 +37,22 @@ def test_backend_matches_reference(backend, config, dtype):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max())))
 
 
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6, 2.0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_beta_matches_reference(backend, beta, dtype):
+    """The CPU kernel takes square roots for beta 0.75, 0.5 and 1, a power otherwise."""
+    rng = np.random.default_rng(2)
+    shape = (2, 6, 3, 5)
+    x, dy = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    kw = dict(KW, beta=beta)
+    got, want = ([nbn.local_response_norm_forward(x, 3, backend=be, **kw)] for be in (backend, "numpy"))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for (y, cache), (y_ref, cache_ref) in zip(got, want):
+        np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(nbn.local_response_norm_backward(dy, cache)[0],
+                                   nbn.local_response_norm_backward(dy, cache_ref)[0], rtol=tol, atol=tol)
+
+
 def test_size_1_is_the_pointwise_formula(backend):
     x = np.random.default_rng(1).standard_normal((2, 3, 4))
     y = nbn.local_response_norm(x, 1, backend=backend, **KW)

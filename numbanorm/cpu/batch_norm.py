@@ -3,14 +3,43 @@ import numpy as np
 
 from .._host import channel_view, update_running
 from . import channelwise
+from ._kernel import outputs
 
 
-def normalize_channels(x4, mean, var, eps, weight, bias):
+def normalize_channels(x4, mean, var, eps, weight, bias, out=None):
     """``y = (x - mean) * rstd * weight + bias`` with float64 statistics per (o, c); returns y4, rstd."""
     rstd = 1.0 / np.sqrt(var + eps)
     scale = rstd if weight is None else rstd * weight
     shift = np.zeros_like(rstd) if bias is None else np.zeros_like(rstd) + bias
-    return channelwise.scale_shift(x4, mean, scale, shift), rstd
+    return channelwise.scale_shift(x4, mean, scale, shift, out), rstd
+
+
+def _pool_groups(mean, var, group_size):
+    """Statistics of groups of ``group_size`` consecutive channels with equal counts (law of
+    total variance), spread back to one per channel."""
+    if group_size == 1:
+        return mean, var
+    shape = (mean.shape[0], -1, group_size)
+    group_mean = mean.reshape(shape).mean(axis=2, keepdims=True)
+    group_var = (var.reshape(shape) + np.square(mean.reshape(shape) - group_mean)).mean(axis=2, keepdims=True)
+    spread = lambda v: np.broadcast_to(v, group_mean.shape[:2] + (group_size,)).reshape(mean.shape)  # noqa: E731
+    return spread(group_mean), spread(group_var)
+
+
+def normalize_samples(x4, eps, weight, bias, group_size=1):
+    """Instance (or group) norm of ``x4`` (N, A, C, B): statistics per (sample, channel), pooled
+    over groups of ``group_size`` channels; returns y4 and the float64 (N, C) mean and variance.
+
+    Chunk by chunk of samples (:func:`channelwise.cache_chunks`), so each chunk is
+    still in cache when it is normalized.
+    """
+    y4 = outputs.empty_like(x4)
+    mean, var = np.empty(x4.shape[0::2]), np.empty(x4.shape[0::2])
+    for s in channelwise.cache_chunks(x4):
+        _, m, v = channelwise.moments(x4[s])
+        mean[s], var[s] = _pool_groups(m, v, group_size)
+        normalize_channels(x4[s], mean[s], var[s], eps, weight, bias, out=y4[s])
+    return y4, mean, var
 
 
 def _spread(v, group_size):
@@ -31,7 +60,7 @@ def dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size=1)
     for ``g = weight * dy``, with frozen ones ``dx = rstd * g``. SyncBatchNorm
     passes sums and ``n`` taken over every rank's batch.
     """
-    w = np.ones_like(rstd) if weight is None else np.broadcast_to(weight.astype(np.float64), rstd.shape)
+    w = np.ones(rstd.shape[1]) if weight is None else weight.astype(np.float64)
     if batch_stats:
         mean_g = _spread(w * sum_dy, group_size) / n
         mean_gxhat = rstd * _spread(w * sum_dyx, group_size) / n
@@ -46,15 +75,19 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
     With g = weight * dy and n values per statistic, batch statistics give
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, i.e.
     ``rstd * (weight * dy - rstd * mean(g * xhat) * (x - mean) - mean(g))``;
-    frozen (running) statistics give ``dx = rstd * g``.
+    frozen (running) statistics give ``dx = rstd * g``. Several samples (O > 1)
+    go chunk by chunk, so x and dy are still in cache for dx.
     """
-    sum_dy, sum_dyx = channelwise.grad_sums(x4, dy4, mean)
+    dx4 = outputs.empty_like(x4)
+    dweight, dbias = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
     n = x4.shape[1] * x4.shape[3] * group_size
-    coefficients = dx_coefficients(sum_dy, sum_dyx, n, rstd, weight, batch_stats, group_size)
-    dx4 = channelwise.dx(x4, dy4, mean, rstd, *coefficients)
-    dweight = None if weight is None else (sum_dyx * rstd).sum(axis=0)
-    dbias = None if bias is None else sum_dy.sum(axis=0)
-    return dx4, dweight, dbias
+    for s in channelwise.cache_chunks(x4, arrays=2):
+        sum_dy, sum_dyx = channelwise.grad_sums(x4[s], dy4[s], mean[s])
+        coefficients = dx_coefficients(sum_dy, sum_dyx, n, rstd[s], weight, batch_stats, group_size)
+        channelwise.dx(x4[s], dy4[s], mean[s], rstd[s], *coefficients, out=dx4[s])
+        dweight += (sum_dyx * rstd[s]).sum(axis=0)
+        dbias += sum_dy.sum(axis=0)
+    return dx4, None if weight is None else dweight, None if bias is None else dbias
 
 
 def forward(x, p):

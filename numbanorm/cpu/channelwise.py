@@ -11,8 +11,12 @@ sample), ``A`` the spatial size and ``B = 1``.
 as contiguous runs of ``B``. ``B == 1`` (channels-last): a work item is a block
 of rows with the loop over channels innermost, so it vectorises ("lanes").
 
-Statistics: each item computes its mean and sum of squared deviations in two
-passes over data that stays in cache (float64), and the items are merged with
+Statistics: each item sums the deviations ``d = x - s`` from a shift ``s`` it
+takes from its own data (its first row), and their squares, in float64, in one
+pass over x; then ``mean = s + sum(d) / n``, ``M2 = sum(d^2) - sum(d)^2 / n``.
+With ``s`` one of the item's values, ``n * var >= (s - mean)^2``, so the
+cancellation costs at most a factor n of float64's epsilon (a few 1e-12 for
+the 32768-value items), unlike ``E[x^2] - E[x]^2``. The items are merged with
 Chan's formula in a fixed order. The item split depends on the shape only, so
 results are the same for any number of threads. Per-(o, c) vectors passed in
 (mean, scale, ...) are float64 arrays of shape ``(O, C)``.
@@ -20,7 +24,13 @@ results are the same for any number of threads. Per-(o, c) vectors passed in
 import numpy as np
 from numba import prange
 
+from .._bench import last_level_cache
 from ._kernel import ITEM_ELEMENTS, helper, items, kernel, outputs
+
+# Bytes of data a chunk of samples may hold and still be in the last-level
+# cache when a second pass reads it (half the cache: the other half is for the
+# outputs and the other threads' work).
+CHUNK_BYTES = (last_level_cache() or (3, 8 << 20))[1] // 2
 
 
 def rows_per_item(x4):
@@ -28,7 +38,26 @@ def rows_per_item(x4):
     return max(1, ITEM_ELEMENTS // (B if B > 1 else max(C, 1)))
 
 
+def cache_chunks(x4, arrays=1):
+    """Slices of axis 0 covering it in chunks whose data (``arrays`` arrays of
+    ``x4``'s shape) fits in :data:`CHUNK_BYTES`, at least one sample each.
+
+    Statistics per (o, c) involve sample o only, so a per-sample op can take its
+    statistics and normalize chunk by chunk, reading x from memory once. Results
+    do not depend on the chunking: a sample's work items are the same in any chunk.
+    """
+    step = max(1, CHUNK_BYTES // max(1, arrays * x4[:1].nbytes))
+    return [slice(i, i + step) for i in range(0, x4.shape[0], step)]
+
+
 # ----------------------------------------------------------------------------- statistics
+
+@helper
+def _shifted_moments(count, shift, sum_d, sum_d2):
+    """Mean and M2 from the sums of ``d = x - shift`` and ``d * d`` over ``count`` values."""
+    dm = sum_d / count
+    return shift + dm, max(sum_d2 - sum_d * dm, 0.0)
+
 
 @kernel
 def _moments_rows(x4, per_item, mean, m2):
@@ -37,17 +66,16 @@ def _moments_rows(x4, per_item, mean, m2):
     for i in prange(O * K * C):
         o, k, c = i // (K * C), (i // C) % K, i % C
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        total = 0.0
+        shift = x4[o, a0, c, 0]
+        s1 = 0.0
+        s2 = 0.0
         for a in range(a0, a1):
+            run = x4[o, a, c]
             for b in range(B):
-                total += x4[o, a, c, b]
-        mu = total / ((a1 - a0) * B)
-        squares = 0.0
-        for a in range(a0, a1):
-            for b in range(B):
-                d = x4[o, a, c, b] - mu
-                squares += d * d
-        mean[o, k, c], m2[o, k, c] = mu, squares
+                d = np.float64(run[b] - shift)
+                s1 += d
+                s2 += d * d
+        mean[o, k, c], m2[o, k, c] = _shifted_moments((a1 - a0) * B, shift, s1, s2)
 
 
 @kernel
@@ -57,16 +85,15 @@ def _moments_lanes(x3, per_item, mean, m2):
     for i in prange(O * K):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        mu, sq = mean[o, k], m2[o, k]
+        shift, s1, s2 = x3[o, a0], mean[o, k], m2[o, k]
         for a in range(a0, a1):
+            row = x3[o, a]
             for c in range(C):
-                mu[c] += x3[o, a, c]
+                d = np.float64(row[c] - shift[c])
+                s1[c] += d
+                s2[c] += d * d
         for c in range(C):
-            mu[c] /= a1 - a0
-        for a in range(a0, a1):
-            for c in range(C):
-                d = x3[o, a, c] - mu[c]
-                sq[c] += d * d
+            mean[o, k, c], m2[o, k, c] = _shifted_moments(a1 - a0, shift[c], s1[c], s2[c])
 
 
 @helper
@@ -154,9 +181,10 @@ def _apply_lanes(x3, y3, mean, scale, shift):
             dst[c] = (src[c] - m[c]) * s[c] + t[c]
 
 
-def scale_shift(x4, mean, scale, shift):
-    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` (float64 coefficients, broadcast to (O, C))."""
-    y4 = outputs.empty_like(x4)
+def scale_shift(x4, mean, scale, shift, out=None):
+    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` (float64 coefficients, broadcast to (O, C)),
+    into ``out`` when given."""
+    y4 = outputs.empty_like(x4) if out is None else out
     O, A, C, B = x4.shape
     m, error = _rounded_mean(x4, mean)
     s, t = _in_dtype(x4, scale, shift + error * scale)
@@ -236,14 +264,14 @@ def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma):
             dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
 
 
-def dx(x4, dy4, mean, rstd, alpha, beta, gamma):
+def dx(x4, dy4, mean, rstd, alpha, beta, gamma, out=None):
     """``dx = rstd * (alpha * dy + beta * (x - mean) + gamma)`` with per-(o, c) float64 coefficients.
 
     rstd multiplies last: a product such as ``rstd * beta`` (about ``rstd**2``)
     underflows float32 when x is of order 1e20, and fastmath may hoist any
-    product of per-channel constants out of the loop.
+    product of per-channel constants out of the loop. Written into ``out`` when given.
     """
-    dx4 = outputs.empty_like(x4)
+    dx4 = outputs.empty_like(x4) if out is None else out
     O, A, C, B = x4.shape
     m, error = _rounded_mean(x4, mean)
     s, p, q, r = _in_dtype(x4, rstd, alpha, beta, gamma + beta * error)

@@ -8,8 +8,8 @@ group's channels, so no transposed copy is made.
 import numpy as np
 
 from .._host import rows_view, sample_channel_view
-from . import channelwise, rowwise
-from .batch_norm import channel_grads, normalize_channels
+from . import rowwise
+from .batch_norm import channel_grads, normalize_samples
 
 
 def _group_rows(x, p):
@@ -18,15 +18,6 @@ def _group_rows(x, p):
     x2, undo = rows_view(x, (p["axis"], *spatial))
     groups = p["num_groups"]
     return x2.reshape(x2.shape[0] * groups, x2.shape[1] // groups), lambda y: undo(y.reshape(x2.shape))
-
-
-def _group_moments(mean, var, groups):
-    """Per-group mean and variance from per-channel ones of equal counts (law of total variance)."""
-    n, channels = mean.shape
-    shape = (n, groups, channels // groups)
-    group_mean = mean.reshape(shape).mean(axis=2, keepdims=True)
-    group_var = (var.reshape(shape) + np.square(mean.reshape(shape) - group_mean)).mean(axis=2)
-    return group_mean[:, :, 0], group_var
 
 
 def forward(x, p):
@@ -40,10 +31,8 @@ def forward(x, p):
         mean, rstd = mean.reshape(public), rstd.reshape(public)
     else:
         x4 = sample_channel_view(x, p.axis)
-        _, channel_mean, channel_var = channelwise.moments(x4)
-        mean, var = _group_moments(channel_mean, channel_var, groups)
-        spread = lambda v: np.repeat(v, channels_per_group, axis=1)  # noqa: E731  (group -> channels)
-        y4, _ = normalize_channels(x4, spread(mean), spread(var), p.eps, p.weight, p.bias)
+        y4, mean, var = normalize_samples(x4, p.eps, p.weight, p.bias, channels_per_group)
+        mean, var = mean[:, ::channels_per_group], var[:, ::channels_per_group]  # one per group
         rstd = 1.0 / np.sqrt(var + p.eps)
         y, saved = y4.reshape(x.shape), {"x4": x4}
     saved.update(mean=mean, rstd=rstd)

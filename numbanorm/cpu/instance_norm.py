@@ -8,8 +8,8 @@ norm in eval mode.
 import numpy as np
 
 from .._host import channel_view, rows_view, sample_channel_view, update_running
-from . import channelwise, rowwise
-from .batch_norm import channel_grads, normalize_channels
+from . import rowwise
+from .batch_norm import channel_grads, normalize_channels, normalize_samples
 
 
 def _spatial(ndim, axis):
@@ -32,8 +32,8 @@ def forward(x, p):
         mean, rstd, var = mean.reshape(per_instance), rstd.reshape(per_instance), var.reshape(per_instance)
     else:
         x4 = sample_channel_view(x, p.axis)
-        _, mean, var = channelwise.moments(x4)
-        y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)
+        y4, mean, var = normalize_samples(x4, p.eps, p.weight, p.bias)
+        rstd = 1.0 / np.sqrt(var + p.eps)
         y, saved = y4.reshape(x.shape), {"x4": x4}
     if p.update_running:
         n = x.size // max(x.shape[0] * channels, 1)

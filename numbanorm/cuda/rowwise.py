@@ -82,9 +82,9 @@ def _forward(x, y, w, b, period, nseg, sqrt_eps, center, mean_out, rstd_out, std
         r = first + cuda.threadIdx.y
         valid = r < R
         mean, rss = row_moments(x, r, 0, L, valid, center, scratch)
-        std = rss / math.sqrt(T(L))
-        rstd = T(1) / math.hypot(std, sqrt_eps)
-        if valid:
+        if valid:  # (rows past the end would divide by zero when eps is 0)
+            std = rss / math.sqrt(T(L))
+            rstd = T(1) / math.hypot(std, sqrt_eps)
             if lane == 0:
                 mean_out[r], rstd_out[r], std_out[r] = mean, rstd, std
             base = (r % period) * nseg
