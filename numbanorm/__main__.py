@@ -32,19 +32,21 @@ def gpu_status():
         import numba
         if numba.config.ENABLE_CUDASIM:
             return "none used: Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)"
-        if _version("numba-cuda") is None:
-            return "not looked for: numba-cuda is not installed (pip install 'numbanorm[cuda]')"
+        missing = "" if _version("numba-cuda") else " (numba-cuda is not installed: pip install 'numbanorm[cuda]')"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from numba import cuda
+            warnings.simplefilter("ignore")   # numba's own numba.cuda, deprecated, may still be there
+            try:
+                from numba import cuda
+            except ImportError:
+                return "not looked for: numba-cuda is not installed (pip install 'numbanorm[cuda]')"
             if not cuda.is_available():
-                return "none found (numba.cuda.is_available() is False: no GPU or no driver)"
+                return "none found (numba.cuda.is_available() is False: no GPU or no driver)" + missing
             devices = []
             for device in cuda.list_devices():
                 name = device.name.decode() if isinstance(device.name, bytes) else device.name
                 devices.append(f"{device.id}: {name} (compute capability "
                                f"{'.'.join(map(str, device.compute_capability))})")
-            return "; ".join(devices) or "none found"
+            return ("; ".join(devices) or "none found") + missing
     except Exception as exc:  # a broken driver or toolkit must not break `info`
         return f"unknown ({type(exc).__name__}: {exc})"
 

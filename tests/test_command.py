@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -56,12 +57,35 @@ def test_info(capsys):
     assert os.path.isabs(lines["cache"].split(" (")[0])
 
 
-def test_info_without_numba_cuda_says_so(monkeypatch):
+@pytest.fixture
+def no_numba_cuda(monkeypatch):
+    """As on a machine without numba-cuda (and outside the simulator)."""
     import numba
     monkeypatch.setattr(numba.config, "ENABLE_CUDASIM", 0)
     real = command._version
     monkeypatch.setattr(command, "_version", lambda name: None if name == "numba-cuda" else real(name))
-    assert "numba-cuda is not installed" in command.gpu_status()
+    return numba
+
+
+def test_info_without_numba_cuda_says_so(no_numba_cuda, monkeypatch):
+    monkeypatch.delattr(no_numba_cuda, "cuda", raising=False)
+    monkeypatch.setitem(sys.modules, "numba.cuda", None)     # import numba.cuda raises ImportError
+    assert command.gpu_status() == "not looked for: numba-cuda is not installed (pip install 'numbanorm[cuda]')"
+
+
+def test_info_without_a_gpu_says_so(no_numba_cuda, monkeypatch):
+    fake = types.SimpleNamespace(is_available=lambda: False)
+    monkeypatch.setattr(no_numba_cuda, "cuda", fake, raising=False)   # numba's own, deprecated numba.cuda
+    status = command.gpu_status()
+    assert status.startswith("none found (numba.cuda.is_available() is False")
+    assert "numba-cuda is not installed" in status
+
+
+def test_info_survives_a_broken_driver(no_numba_cuda, monkeypatch):
+    def broken():
+        raise RuntimeError("driver exploded")
+    monkeypatch.setattr(no_numba_cuda, "cuda", types.SimpleNamespace(is_available=broken), raising=False)
+    assert command.gpu_status() == "unknown (RuntimeError: driver exploded)"
 
 
 def test_python_dash_m_numbanorm_help():
