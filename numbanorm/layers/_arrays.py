@@ -59,7 +59,7 @@ def assign(dst, src):
     if isinstance(dst, np.ndarray):
         dst[...] = values
     else:
-        dst.copy_to_device(np.ascontiguousarray(values, dst.dtype))
+        dst.copy_to_device(np.asarray(values, dtype=dst.dtype, order="C"))
 
 
 def zero(a):

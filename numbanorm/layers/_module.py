@@ -30,6 +30,13 @@ def positive_int(name, value):
     return int(value)
 
 
+def axis_arg(axis):
+    """A channel axis: an integer (its range is checked against each input)."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer (the channel axis), got {axis!r}")
+    return int(axis)
+
+
 def momentum_arg(momentum):
     """PyTorch's ``momentum``: a fraction, or None for the cumulative average."""
     return None if momentum is None else v.fraction("momentum", momentum)
@@ -116,7 +123,9 @@ class Module:
         self._cache = cache
         return y
 
-    __call__ = forward
+    def __call__(self, *inputs):
+        """Same as :meth:`forward`."""
+        return self.forward(*inputs)
 
     def backward(self, dy):
         """Gradient with respect to the input of the last :meth:`forward`; adds the

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import _validate as v
 from .. import functional as F
-from ._module import Module, momentum_arg, positive_int
+from ._module import Module, axis_arg, momentum_arg, positive_int
 
 
 class _NormBase(Module):
@@ -25,9 +25,7 @@ class _NormBase(Module):
         self.eps = v.positive("eps", eps)
         self.momentum = momentum_arg(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"axis must be an integer (the channel axis), got {axis!r}")
-        self.axis = int(axis)
+        self.axis = axis_arg(axis)
         if self.affine:
             self._param("weight", np.ones(self.num_features))
             self._param("bias", np.zeros(self.num_features))
@@ -90,11 +88,20 @@ class BatchNorm(_NormBase):
 
     Notes
     -----
-    Subclasses that compute the same thing another way (SyncBatchNorm, which
+    Subclasses that compute batch norm another way (SyncBatchNorm, which
     reduces the statistics across processes; :class:`BatchRenorm`) override
-    only the two hooks :meth:`_functional_forward` and
-    :meth:`_functional_backward`: everything else (parameters, running
-    statistics, modes, state dict, ``to``) is inherited.
+    only the two hooks :meth:`_functional_forward` (given ``x`` and
+    :func:`numbanorm.batch_norm_forward`'s keyword arguments, returns
+    ``(y, cache)``) and :meth:`_functional_backward` (given ``dy`` and that
+    cache, returns ``(dx, dweight, dbias)``); parameters, running statistics,
+    modes, state dict and ``to`` are inherited::
+
+        class SyncBatchNorm(BatchNorm):
+            def _functional_forward(self, x, **kwargs):
+                return sync_batch_norm_forward(x, comm=self.comm, **kwargs)
+
+            def _functional_backward(self, dy, cache):
+                return sync_batch_norm_backward(dy, cache)
 
     Examples
     --------

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import _validate as v
 from .. import functional as F
-from ._module import Module, positive_int
+from ._module import Module, axis_arg, positive_int
 from .batch_norm import _NormBase
 
 
@@ -34,7 +34,8 @@ class InstanceNorm(_NormBase):
         Learn a per-channel ``weight`` and ``bias`` (off by default, as PyTorch).
     track_running_stats : bool
         Keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (off
-        by default, as PyTorch).
+        by default, as PyTorch). ``num_batches_tracked`` counts the training
+        forwards (PyTorch's InstanceNorm keeps it at 0).
     axis : int
         The channel axis of the input.
     dtype : float dtype
@@ -79,13 +80,23 @@ class InstanceNorm3d(InstanceNorm):
 def _shape_arg(normalized_shape):
     if isinstance(normalized_shape, (int, np.integer)):
         normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(positive_int("normalized_shape", n) for n in normalized_shape)
-    except TypeError:
-        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}") from None
+    if not isinstance(normalized_shape, (tuple, list)):
+        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
+    shape = tuple(positive_int("normalized_shape", n) for n in normalized_shape)
     if not shape:
         raise ValueError("normalized_shape must name at least one dimension")
     return shape
+
+
+def _axes_arg(axis, count):
+    """LayerNorm's and RMSNorm's ``axis``: an int or a tuple of ``count`` ints."""
+    items = (axis,) if isinstance(axis, (int, np.integer)) else axis
+    if not isinstance(items, (tuple, list)) or not all(
+            isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in items):
+        raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}")
+    if len(items) != count:
+        raise ValueError(f"axis={axis!r} names {len(items)} axes; normalized_shape has {count}")
+    return int(axis) if items is not axis else tuple(int(a) for a in items)
 
 
 class _RowNorm(Module):
@@ -98,7 +109,7 @@ class _RowNorm(Module):
         self.normalized_shape = _shape_arg(normalized_shape)
         self.eps = None if eps is None else v.positive("eps", eps)
         self.elementwise_affine = bool(elementwise_affine)
-        self.axis = axis
+        self.axis = None if axis is None else _axes_arg(axis, len(self.normalized_shape))
         if self.elementwise_affine:
             self._param("weight", np.ones(self.normalized_shape))
 
@@ -224,7 +235,7 @@ class GroupNorm(Module):
         self.num_channels = positive_int("num_channels", num_channels)
         if self.num_channels % self.num_groups:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
-        self.eps, self.affine, self.axis = v.positive("eps", eps), bool(affine), axis
+        self.eps, self.affine, self.axis = v.positive("eps", eps), bool(affine), axis_arg(axis)
         if self.affine:
             self._param("weight", np.ones(self.num_channels))
             self._param("bias", np.zeros(self.num_channels))
@@ -267,7 +278,7 @@ class LocalResponseNorm(Module):
         super().__init__(dtype=dtype, backend=backend)
         self.size = positive_int("size", size)
         self.alpha, self.beta, self.k = v.real("alpha", alpha), v.real("beta", beta), v.real("k", k)
-        self.axis = axis
+        self.axis = axis_arg(axis)
 
     def _forward(self, x):
         return F.local_response_norm_forward(x, self.size, alpha=self.alpha, beta=self.beta, k=self.k,
