@@ -303,14 +303,14 @@ def run(args, out=None):
              Model(f"GroupNorm({GROUPS})", convnet("group", fresh(), backend), shape=(1, 8, 8))]
 
     with limit_blas:
-        print(f"\nFigure 1 (Ioffe & Szegedy 2015): sigmoid MLP 64-100-100-100-10 {mlps[0].name} and "
-              f"{mlps[1].name} (BatchNorm1d before each sigmoid), SGD at learning rate {args.lr}; "
-              f"test accuracy after each epoch:", file=out)
+        print(f"\nFigure 1 of Ioffe & Szegedy (2015): a sigmoid MLP 64-100-100-100-10 {mlps[0].name} and "
+              f"{mlps[1].name}\n(BatchNorm1d before each sigmoid), SGD at learning rate {args.lr}. "
+              "Test accuracy after each epoch:", file=out)
         mlp_steps = run_experiment(mlps, data, epochs, args.lr, out)
         conv_steps = 0
         if conv_epochs:
-            print(f"\nconv 3x3 (16) - norm - ReLU - conv 3x3 stride 2 (32) - norm - ReLU - linear, "
-                  f"SGD at learning rate {args.conv_lr}; test accuracy after each epoch:", file=out)
+            print("\nA small convnet: conv 3x3 (16) - norm - ReLU - conv 3x3 stride 2 (32) - norm - ReLU - "
+                  f"linear,\nSGD at learning rate {args.conv_lr}. Test accuracy after each epoch:", file=out)
             conv_steps = run_experiment(convs, data, conv_epochs, args.conv_lr, out)
         else:
             convs = []
