@@ -8,6 +8,7 @@ pytest.importorskip("sklearn", reason="the demo needs scikit-learn: pip install 
 pytest.importorskip("matplotlib", reason="the demo needs matplotlib: pip install -e '.[demo]'")
 
 from numbanorm.__main__ import main  # noqa: E402
+from numbanorm import _demo as demo  # noqa: E402
 from numbanorm._demo import nn  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +72,34 @@ def test_softmax_cross_entropy_gradient():
                                           [np.arange(4), labels]))
     np.testing.assert_allclose(dlogits, numerical_grad(lambda: nn.softmax_cross_entropy(logits, labels)[0],
                                                        logits), atol=1e-8)
+
+
+def _one_step(build, backend, x, y):
+    """The parameters (as host arrays) of a net built on ``backend`` after one SGD step on (x, y)."""
+    from numbanorm._demo import SGD
+    net = build(np.random.default_rng(0), backend)
+    net.train()
+    net.zero_grad()
+    _, dlogits = nn.softmax_cross_entropy(net(x), y)
+    net.backward(dlogits)
+    SGD(net.layers, 0.5).step()
+    return [np.asarray(p if isinstance(p, np.ndarray) else p.copy_to_host())
+            for layer in net.layers for p in layer.params.values()]
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda rng, backend: demo.mlp(True, rng, backend), (8, 64)),
+    (lambda rng, backend: demo.convnet("batch", rng, backend), (2, 1, 8, 8)),
+    (lambda rng, backend: demo.convnet("group", rng, backend), (2, 1, 8, 8)),
+], ids=["mlp+BatchNorm1d", "conv+BatchNorm2d", "conv+GroupNorm"])
+def test_a_training_step_is_the_same_on_every_backend(build, shape, backend):
+    """--backend changes only where the layers compute (on cuda their parameters live on the device)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.random(shape, dtype=np.float32), np.arange(shape[0]) % 10
+    ours, reference = _one_step(build, backend, x, y), _one_step(build, "numpy", x, y)
+    assert len(ours) == len(reference)
+    for a, b in zip(ours, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _finals(text):
