@@ -76,13 +76,12 @@ def test_softmax_cross_entropy_gradient():
 
 def _one_step(build, backend, x, y):
     """The parameters (as host arrays) of a net built on ``backend`` after one SGD step on (x, y)."""
-    from numbanorm._demo import SGD
     net = build(np.random.default_rng(0), backend)
     net.train()
     net.zero_grad()
     _, dlogits = nn.softmax_cross_entropy(net(x), y)
     net.backward(dlogits)
-    SGD(net.layers, 0.5).step()
+    nn.SGD(net.layers, 0.5).step()
     return [np.asarray(p if isinstance(p, np.ndarray) else p.copy_to_host())
             for layer in net.layers for p in layer.params.values()]
 
