@@ -1,113 +1,149 @@
-"""The ``numbanorm`` command: ``demo`` (the default), ``info`` and ``bench``.
+"""The ``numbanorm`` command: ``demo`` (the default), ``bench`` and ``info``.
 
-    python -m numbanorm            # normalize real arrays with every op, check them, time them
-    python -m numbanorm info       # versions, backends, threads, cache
+    python -m numbanorm [demo]     # Figure 1 of the Batch Normalization paper on digits, in NumPy
     python -m numbanorm bench      # time every op: GB/s, fraction of copy, vs numpy and torch
+    python -m numbanorm info       # versions, backends, GPU, threading layer, threads, cache
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.metadata
 import os
 import platform
 import sys
-import time
+import warnings
+
+COMMANDS = ("demo", "bench", "info")
+OPTIONAL = (("numba-cuda", "cuda backend"), ("scikit-learn", "demo"), ("matplotlib", "demo"),
+            ("mpi4py", "SyncBatchNorm"), ("torch", "bench comparison"), ("asv", "benchmarks"))
 
 
-def _info(args):
-    import numpy as np
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-    import numbanorm as nbn
-    backends = nbn.available_backends()  # imports the cpu backend, which picks the threading layer
-    print(f"numbanorm {nbn.__version__}  python {platform.python_version()}  numpy {np.__version__}")
+
+def gpu_status():
+    """One line about the GPU: found (name, compute capability), simulated, or why not; never raises."""
     try:
         import numba
-        print(f"numba {numba.__version__}  threads {numba.get_num_threads()}  "
-              f"threading layer requested {numba.config.THREADING_LAYER!r}  "
-              f"cache dir {numba.config.CACHE_DIR or '(next to the sources, __pycache__)'}")
-    except ImportError:
-        print("numba: not installed")
-    print("backends available:", ", ".join(backends))
-    print("backend forced:", nbn.get_backend() or "none (inferred from the arrays)")
-    return 0
+        if numba.config.ENABLE_CUDASIM:
+            return "none used: Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)"
+        missing = "" if _version("numba-cuda") else " (numba-cuda is not installed: pip install 'numbanorm[cuda]')"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # numba's own numba.cuda, deprecated, may still be there
+            try:
+                from numba import cuda
+            except ImportError:
+                return "not looked for: numba-cuda is not installed (pip install 'numbanorm[cuda]')"
+            if not cuda.is_available():
+                return "none found (numba.cuda.is_available() is False: no GPU or no driver)" + missing
+            devices = []
+            for device in cuda.list_devices():
+                name = device.name.decode() if isinstance(device.name, bytes) else device.name
+                devices.append(f"{device.id}: {name} (compute capability "
+                               f"{'.'.join(map(str, device.compute_capability))})")
+            return ("; ".join(devices) or "none found") + missing
+    except Exception as exc:  # a broken driver or toolkit must not break `info`
+        return f"unknown ({type(exc).__name__}: {exc})"
 
 
-def _best_time(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def cache_location():
+    """Where Numba caches numbanorm's compiled CPU kernels, and how many are cached there."""
+    import numba
+    directory = None
+    try:
+        from numbanorm.cpu import layer_norm
+        for value in vars(layer_norm).values():
+            dispatcher = getattr(value, "parallel", value)
+            cache = getattr(dispatcher, "_cache", None)
+            if getattr(cache, "_cache_path", None):
+                directory = cache._cache_path
+                break
+    except Exception:
+        directory = None
+    if directory is None:
+        import numbanorm
+        directory = numba.config.CACHE_DIR or os.path.join(os.path.dirname(numbanorm.__file__), "cpu",
+                                                          "__pycache__")
+    how = "NUMBA_CACHE_DIR" if numba.config.CACHE_DIR else "next to the sources, or a user cache if read-only"
+    entries = len(glob.glob(os.path.join(directory, "*.nbi")))
+    return f"{directory} ({entries} kernels cached there; {how})"
 
 
-def _demo(args):
+def info(args, out=None):
+    """``python -m numbanorm info``: versions, backends, GPU, threading layer, threads, cache."""
+    out = out or sys.stdout
     import numpy as np
 
     import numbanorm as nbn
-    backends = nbn.available_backends()
-    print("backends available:", ", ".join(backends))
-    backend = args.backend
-    rng = np.random.default_rng(0)
-    n, c, h, w = args.shape
-    # A batch of images with channels at very different offsets and scales, as
-    # activations are: every op must bring them back to zero mean, unit variance.
-    x = (rng.standard_normal((n, c, h, w)) * rng.uniform(0.1, 10.0, (1, c, 1, 1))
-         + rng.uniform(-100.0, 100.0, (1, c, 1, 1))).astype(np.float32)
-    dy = rng.standard_normal(x.shape).astype(np.float32)
-    weight = np.ones(c, np.float32)
-    bias = np.zeros(c, np.float32)
-    cases = [
-        ("batch_norm", (), dict(weight=weight, bias=bias, training=True,
-                                running_mean=np.zeros(c, np.float32), running_var=np.ones(c, np.float32))),
-        ("batch_norm (NHWC)", (), dict(weight=weight, bias=bias, training=True, axis=-1)),
-        ("layer_norm", (), dict(axis=(1, 2, 3))),
-        ("rms_norm", (), dict(axis=-1)),
-        ("group_norm", (max(1, c // 4),), dict(weight=weight, bias=bias)),
-        ("instance_norm", (), dict(weight=weight, bias=bias)),
-    ]
-    print(f"\ninput {x.shape} float32, channel means from {x.mean(axis=(0, 2, 3)).min():.1f} "
-          f"to {x.mean(axis=(0, 2, 3)).max():.1f}; backend {backend!r} against the numpy reference\n")
-    print(f"{'op':20s} {'out mean':>9s} {'out std':>8s} {'max |err|':>10s} {'fwd ms':>8s} {'bwd ms':>8s} "
-          f"{'x numpy':>8s}")
-    for label, args_, kwargs in cases:
-        op = label.split()[0]
-        data = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if "NHWC" in label else x
-        grad = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)) if "NHWC" in label else dy
-        forward, backward = getattr(nbn, op + "_forward"), getattr(nbn, op + "_backward")
-        run = lambda be: forward(data, *args_, backend=be, **kwargs)  # noqa: E731
-        y, cache = run(backend)
-        grads = backward(grad, cache)
-        y_ref, cache_ref = run("numpy")
-        grads_ref = backward(grad, cache_ref)
-        err = max(float(np.max(np.abs(a - b))) for a, b in zip((y, *grads), (y_ref, *grads_ref))
-                  if a is not None)
-        t_fwd = _best_time(lambda: run(backend), args.repeat)
-        t_bwd = _best_time(lambda: backward(grad, cache), args.repeat)
-        t_ref = _best_time(lambda: run("numpy"), 1)
-        print(f"{label:20s} {float(y.mean()):9.2e} {float(y.std()):8.4f} {err:10.2e} {t_fwd * 1e3:8.2f} "
-              f"{t_bwd * 1e3:8.2f} {t_ref / t_fwd:7.1f}x")
+    backends = nbn.available_backends()   # imports the cpu backend, which picks the threading layer
+    print(f"numbanorm {nbn.__version__} ({os.path.dirname(nbn.__file__)})", file=out)
+    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {_version('numba')}, "
+          f"llvmlite {_version('llvmlite')}", file=out)
+    print("optional: " + ", ".join(f"{name} {_version(name) or 'not installed'} ({what})"
+                                   for name, what in OPTIONAL), file=out)
+    print(f"backends available: {', '.join(backends)}", file=out)
+    print(f"backend forced: {nbn.get_backend() or 'none (inferred from the arrays)'}", file=out)
+    print(f"GPU: {gpu_status()}", file=out)
+    if "cpu" in backends:
+        import numba
+
+        from ._bench import threading_info
+        layer, threads = threading_info()   # after a parallel kernel ran
+        print(f"threading layer: {layer} (in use; requested {numba.config.THREADING_LAYER!r})", file=out)
+        print(f"threads: {threads} (numba.get_num_threads(); NUMBA_NUM_THREADS sets it), "
+              f"CPU cores: {os.cpu_count()}", file=out)
+        print(f"cache: {cache_location()}", file=out)
+    else:
+        print("threading layer, threads, cache: the cpu backend is not available", file=out)
     return 0
+
+
+def build_parser():
+    from . import _bench, _demo
+    parser = argparse.ArgumentParser(prog="numbanorm", description="numbanorm's command: the demo (the default), "
+                                     "benchmarks and information about this installation.",
+                                     epilog="With no command, or options only, runs the demo.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,info}")
+    _demo.add_arguments(sub.add_parser(
+        "demo", help="train a sigmoid MLP and a small convnet on digits with and without normalization "
+                     "(Figure 1 of the Batch Normalization paper), plot, and time the kernels",
+        description="Train, in plain NumPy with numbanorm's layers, a sigmoid MLP with and without "
+                    "BatchNorm1d (Figure 1 of Ioffe & Szegedy 2015) and a small convnet with no norm, "
+                    "BatchNorm2d and GroupNorm on scikit-learn's digits; print the test accuracy per "
+                    "epoch, plot the curves to a PNG, and time the kernels on the backend."))
+    _bench.add_arguments(sub.add_parser(
+        "bench", help="time every op against copy bandwidth, numpy and torch",
+        description="Time every op forward and backward on one backend: time, GB/s, fraction of "
+                    "the copy bandwidth, speed-up over the numpy backend, time over PyTorch's."))
+    sub.add_parser("info", help="versions, backends, GPU, threading layer, threads, cache directory",
+                   description="Print versions, the backends available, the GPU found (or not), the Numba "
+                               "threading layer in use, the thread count and the kernel cache directory.")
+    return parser
+
+
+def _package_version():
+    from . import __version__
+    return __version__
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="numbanorm", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="normalize a batch with every op on a backend, check and time it")
-    demo.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"))
-    demo.add_argument("--shape", type=int, nargs=4, default=(32, 16, 28, 28), metavar=("N", "C", "H", "W"))
-    demo.add_argument("--repeat", type=int, default=5, help="timing repeats (best is shown)")
-    sub.add_parser("info", help="versions, available backends, threading, cache directory")
-    from ._bench import add_arguments as _bench_arguments
-    _bench_arguments(sub.add_parser("bench", help="time every op against copy bandwidth, numpy and torch"))
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv = ["demo", *argv]             # the default command
+    args = build_parser().parse_args(argv)
     if args.command == "bench":
         from ._bench import run_command
         return run_command(args)
-    if args.command in (None, "demo"):
-        if args.command is None:
-            args = parser.parse_args(["demo", *(argv or sys.argv[1:])])
-        return _demo(args)
-    return _info(args)
+    if args.command == "info":
+        return info(args)
+    from ._demo import run_command
+    return run_command(args)
 
 
 if __name__ == "__main__":
