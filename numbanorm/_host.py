@@ -40,21 +40,24 @@ def matrix_view(w, axis):
 
 
 def power_iteration(times_v, transpose_times_u, u, steps, eps, training):
-    """spectral_norm's ``(u, v)``, float64 host vectors, from the products ``W v`` and ``W^T u``.
+    """spectral_norm's ``(u, v, sigma)``, float64 host vectors and ``sigma = u^T W v``, from
+    the products ``W v`` and ``W^T u``.
 
     Training: ``steps`` rounds of ``v = normalize(W^T u)``, ``u = normalize(W v)``, as
-    PyTorch does. Eval: ``v = normalize(W^T u)`` from the given ``u``. Norms are
-    floored at ``eps``.
+    PyTorch does; sigma reuses the last ``W v``. Eval: ``v = normalize(W^T u)`` from
+    the given ``u``. Norms are floored at ``eps``.
     """
     def normalize(a):
         return a / max(float(np.sqrt(a @ a)), eps)
 
     if not training:
-        return u, normalize(transpose_times_u(u))
+        v = normalize(transpose_times_u(u))
+        return u, v, float(u @ times_v(v))
     for _ in range(steps):
         v = normalize(transpose_times_u(u))
-        u = normalize(times_v(v))
-    return u, v
+        w_v = times_v(v)
+        u = normalize(w_v)
+    return u, v, float(u @ w_v)
 
 
 def channel_view(x, axis):

@@ -12,6 +12,7 @@ CONFIGS = [  # shape of w, axis, training, n_power_iterations
     ((5, 7), 1, True, 3),
     ((8, 4), 0, False, 1),
     ((64, 700), 0, True, 2),  # large enough for the parallel kernels
+    ((301, 230), 0, False, 1),  # W^T u in three blocks of rows, the last one short
 ]
 IDS = [f"{'x'.join(map(str, c[0]))}-axis{c[1]}-{'train' if c[2] else 'eval'}-n{c[3]}" for c in CONFIGS]
 

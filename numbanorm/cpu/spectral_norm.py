@@ -2,13 +2,13 @@
 
 The math is the reference's (numbanorm/reference/spectral_norm.py). Vectors and
 dot products are float64; each kernel splits its work by shape only (rows, or
-fixed column blocks for ``W^T u``), so results do not depend on the threads.
+fixed blocks of rows for ``W^T u``), so results do not depend on the threads.
 """
 import numpy as np
 from numba import prange
 
 from .._host import matrix_view, power_iteration
-from ._kernel import ITEM_ELEMENTS, kernel, outputs
+from ._kernel import ITEM_ELEMENTS, items, kernel, outputs
 
 
 @kernel
@@ -23,15 +23,15 @@ def _matvec(W, v, out):
 
 
 @kernel
-def _matvec_t(W, u, cols_per_item, out):
-    """``out = W^T u``: each item owns a block of columns and walks every row (row-major reads)."""
+def _matvec_t(W, u, rows_per_item, partial):
+    """``partial[k] = W[rows of item k]^T u[rows of item k]``: row-major reads, one float64
+    partial per block of rows (summed afterwards in a fixed order)."""
     R, K = W.shape
-    for k in prange((K + cols_per_item - 1) // cols_per_item):
-        j0, j1 = k * cols_per_item, min(K, (k + 1) * cols_per_item)
-        acc = out[j0:j1]
-        for i in range(R):
-            ui, row = u[i], W[i, j0:j1]
-            for j in range(j1 - j0):
+    for k in prange(partial.shape[0]):
+        acc = partial[k]
+        for i in range(k * rows_per_item, min(R, (k + 1) * rows_per_item)):
+            ui, row = u[i], W[i]
+            for j in range(K):
                 acc[j] += row[j] * ui
 
 
@@ -70,18 +70,21 @@ def _w_v(W, v):
 
 
 def _wt_u(W, u):
-    out = np.zeros(W.shape[1])
-    _matvec_t(W, u, max(1, ITEM_ELEMENTS // max(W.shape[0], 1)), out, work=W.size)
-    return out
+    R, K = W.shape
+    # Blocks fixed by the shape, not the threads; bounded so the partials stay small.
+    blocks = max(1, min(64, items(W.size, ITEM_ELEMENTS), (1 << 21) // max(K, 1)))
+    rows_per_item = items(R, blocks) or 1
+    partial = np.zeros((items(R, rows_per_item), K))
+    _matvec_t(W, u, rows_per_item, partial, work=W.size)
+    return partial.sum(axis=0)
 
 
 def forward(w, p):
     W, undo = matrix_view(w, p.axis)
-    u, v = power_iteration(lambda v: _w_v(W, v), lambda u: _wt_u(W, u), p.u.astype(np.float64),
-                           p.n_power_iterations, p.eps, p.training)
+    u, v, sigma = power_iteration(lambda v: _w_v(W, v), lambda u: _wt_u(W, u), p.u.astype(np.float64),
+                                  p.n_power_iterations, p.eps, p.training)
     if p.training:
         p.u[...] = u
-    sigma = float(u @ _w_v(W, v))
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = outputs.empty_like(W)
     _scale(W, 1.0 / clamped, y, work=W.size)

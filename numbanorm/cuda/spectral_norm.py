@@ -72,14 +72,13 @@ def forward(w, p):
     host = is_host(w)
     W, undo = rows(w, _axes_but(w.ndim, p.axis), p.cdtype)
     R, K = W.shape
-    u, v = power_iteration(lambda v: _product(_matvec, W, v, R), lambda u: _product(_matvec_t, W, u, K),
-                           (p.u if is_host(p.u) else p.u.copy_to_host()).astype(np.float64),
-                           p.n_power_iterations, p.eps, p.training)
+    u, v, sigma = power_iteration(lambda v: _product(_matvec, W, v, R), lambda u: _product(_matvec_t, W, u, K),
+                                  (p.u if is_host(p.u) else p.u.copy_to_host()).astype(np.float64),
+                                  p.n_power_iterations, p.eps, p.training)
     if p.training and is_host(p.u):
         p.u[...] = u
     elif p.training:
         p.u.copy_to_device(u.astype(p.u.dtype))
-    sigma = float(u @ _product(_matvec, W, v, R))
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = _scaled(W, 1.0 / clamped, 0.0, u, v, p.dtype)
     inverse = np.asarray(1.0 / clamped, p.cdtype)

@@ -11,11 +11,10 @@ from .._host import matrix_view, power_iteration
 
 def forward(w, p):
     W, undo = matrix_view(w.astype(np.float64), p.axis)
-    u, v = power_iteration(lambda v: W @ v, lambda u: W.T @ u, p.u.astype(np.float64), p.n_power_iterations,
-                           p.eps, p.training)
+    u, v, sigma = power_iteration(lambda v: W @ v, lambda u: W.T @ u, p.u.astype(np.float64), p.n_power_iterations,
+                                  p.eps, p.training)
     if p.training:
         p.u[...] = u
-    sigma = float(u @ (W @ v))
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = undo(W / clamped)
     return (y.astype(p.cdtype), None, np.asarray(1.0 / clamped, p.cdtype),
