@@ -22,7 +22,8 @@ def backward(dy, cache, center=CENTER):
     p, s = cache.params, cache.saved
     dy2, undo = rows_view(dy, p["axes"])
     x2 = s["x2"]
-    dx2, dweight, dbias = rowwise.backward(x2, dy2, p["weight"], 1, x2.shape[1], s["mean"], s["rstd"], center)
+    dx2, dweight, dbias = rowwise.backward(x2, dy2, p["weight"], 1, x2.shape[1], s["mean"], s["rstd"], center,
+                                           p["weight"] is not None, center and p["bias"] is not None)
     shape = p["normalized_shape"]
     dweight = None if p["weight"] is None else dweight.reshape(shape)
     if not center:

@@ -203,8 +203,12 @@ def forward(x2, weight, bias, period, nseg, eps, center):
     return y2, mean, rstd, var
 
 
-def backward(x2, dy2, weight, period, nseg, mean, rstd, center):
-    """dx2 and the float64 per-entry sums dweight = sum(dy * xhat), dbias = sum(dy)."""
+def backward(x2, dy2, weight, period, nseg, mean, rstd, center, need_dweight=True, need_dbias=True):
+    """dx2 and the float64 per-entry sums dweight = sum(dy * xhat), dbias = sum(dy).
+
+    With one weight per element, a sum not needed (no weight, or no bias as in RMS
+    norm) is skipped and comes back empty.
+    """
     R, L = x2.shape
     w = _params(weight, period * nseg, 1.0, x2.dtype)
     # Partial dweight/dbias per block of rows, summed afterwards: a fixed number of
@@ -212,8 +216,10 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center):
     blocks = max(1, min(64, items(R, max(1, ITEM_ELEMENTS // max(L, 1))), (1 << 21) // (period * nseg)))
     rows_per_item = items(R, blocks) or 1
     blocks = items(R, rows_per_item)
-    dw_part = np.zeros((blocks, period * nseg))
-    db_part = np.zeros((blocks, period * nseg))
+    # Zero-width partials make the per-element sums' loops empty.
+    width = lambda needed: period * nseg if needed or nseg != L else 0  # noqa: E731
+    dw_part = np.zeros((blocks, width(need_dweight)))
+    db_part = np.zeros((blocks, width(need_dbias)))
     dx2 = outputs.empty_like(x2)
     _backward(x2, dy2, dx2, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part,
               work=x2.size)
