@@ -102,6 +102,18 @@ def items(n, per_item):
     return -(-n // per_item) if n else 0
 
 
+def row_blocks(rows, length, width):
+    """``(rows_per_block, blocks)`` for a sum over rows of ``length`` elements kept as one
+    float64 partial of ``width`` entries per block of rows, the partials summed afterwards.
+
+    About :data:`ITEM_ELEMENTS` elements a block, at most 64 blocks and 2**21 partial
+    entries in all; fixed by the shape, never the threads, so results do not depend on them.
+    """
+    blocks = max(1, min(64, items(rows, max(1, ITEM_ELEMENTS // max(length, 1))), (1 << 21) // max(width, 1)))
+    rows_per_block = items(rows, blocks) or 1
+    return rows_per_block, items(rows, rows_per_block)
+
+
 class OutputPool:
     """Large output buffers, reused once the caller has dropped every array made from them.
 

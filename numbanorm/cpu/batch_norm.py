@@ -19,11 +19,8 @@ def _pool_groups(mean, var, group_size):
     total variance), spread back to one per channel."""
     if group_size == 1:
         return mean, var
-    shape = (mean.shape[0], -1, group_size)
-    group_mean = mean.reshape(shape).mean(axis=2, keepdims=True)
-    group_var = (var.reshape(shape) + np.square(mean.reshape(shape) - group_mean)).mean(axis=2, keepdims=True)
-    spread = lambda v: np.broadcast_to(v, group_mean.shape[:2] + (group_size,)).reshape(mean.shape)  # noqa: E731
-    return spread(group_mean), spread(group_var)
+    group_mean = _spread(mean, group_size) / group_size
+    return group_mean, _spread(var + np.square(mean - group_mean), group_size) / group_size
 
 
 def normalize_samples(x4, eps, weight, bias, group_size=1):

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import prange
 
-from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, row_helper
+from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper
 
 
 @helper
@@ -211,11 +211,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, need_dweight=Tru
     """
     R, L = x2.shape
     w = _params(weight, period * nseg, 1.0, x2.dtype)
-    # Partial dweight/dbias per block of rows, summed afterwards: a fixed number of
-    # blocks (set by the shapes, not the threads) bounded so the partials stay small.
-    blocks = max(1, min(64, items(R, max(1, ITEM_ELEMENTS // max(L, 1))), (1 << 21) // (period * nseg)))
-    rows_per_item = items(R, blocks) or 1
-    blocks = items(R, rows_per_item)
+    rows_per_item, blocks = row_blocks(R, L, period * nseg)  # partial dweight/dbias per block
     # Zero-width partials make the per-element sums' loops empty.
     width = lambda needed: period * nseg if needed or nseg != L else 0  # noqa: E731
     dw_part = np.zeros((blocks, width(need_dweight)))

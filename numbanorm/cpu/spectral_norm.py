@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from .._host import matrix_view, power_iteration
-from ._kernel import ITEM_ELEMENTS, items, kernel, outputs
+from ._kernel import kernel, outputs, row_blocks
 
 
 @kernel
@@ -71,10 +71,8 @@ def _w_v(W, v):
 
 def _wt_u(W, u):
     R, K = W.shape
-    # Blocks fixed by the shape, not the threads; bounded so the partials stay small.
-    blocks = max(1, min(64, items(W.size, ITEM_ELEMENTS), (1 << 21) // max(K, 1)))
-    rows_per_item = items(R, blocks) or 1
-    partial = np.zeros((items(R, rows_per_item), K))
+    rows_per_item, blocks = row_blocks(R, K, K)
+    partial = np.zeros((blocks, K))
     _matvec_t(W, u, rows_per_item, partial, work=W.size)
     return partial.sum(axis=0)
 
