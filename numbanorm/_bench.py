@@ -11,8 +11,8 @@ same cases run against whatever older commit asv has installed.
 Bandwidth model: a forward reads ``x`` and writes ``y`` (2 x size bytes), a
 backward reads ``x`` and ``dy`` and writes ``dx`` (3 x size bytes); statistics
 and parameters are negligible. The reference is a Numba ``prange`` copy of the
-same number of bytes, measured in the same process (best of several runs),
-which moves 2 x size bytes. ``fraction of copy`` is achieved GB/s over copy
+same number of bytes, measured in the same process in turn with the op
+(:func:`against_copy`), which moves 2 x size bytes. ``fraction of copy`` is achieved GB/s over copy
 GB/s: 1.0 means the op runs at the speed of memory.
 """
 from __future__ import annotations
@@ -158,14 +158,24 @@ class Timer:
         self.fn = fn
         first = _sample(fn, 1)
         if first >= min_time:
-            self.number, self.best, self.count = 1, first, 1
+            self.number, self.best, self.samples = 1, first, [first]
         else:
             self.number = min(10 ** 6, math.ceil(min_time / max(first, 1e-7)))
-            self.best, self.count = math.inf, 0
+            self.best, self.samples = math.inf, []
+
+    @property
+    def count(self):
+        return len(self.samples)
+
+    @property
+    def last(self):
+        """Seconds per call in the latest sample."""
+        return self.samples[-1]
 
     def sample(self):
-        self.best = min(self.best, _sample(self.fn, self.number) / self.number)
-        self.count += 1
+        """Take one more sample; returns the best so far (the sample itself is :attr:`last`)."""
+        self.samples.append(_sample(self.fn, self.number) / self.number)
+        self.best = min(self.best, self.last)
         return self.best
 
 
@@ -279,12 +289,7 @@ def copy_timers(nbytes, backend="cpu"):
 
 
 def copy_seconds(nbytes, backend="cpu", repeat=COPY_REPEAT):
-    """Best seconds of a copy of ``nbytes`` bytes in this process: at least ``repeat`` samples.
-
-    Many samples, because every ratio divides by this one number: a parallel copy
-    sharing its cores with another process loses whole scheduler time slices.
-    :func:`time_against_copy` adds samples between those of the op it times.
-    """
+    """Best seconds of a copy of ``nbytes`` bytes in this process: at least ``repeat`` samples."""
     timers = copy_timers(nbytes, backend)
     for timer in timers:
         while timer.count < repeat:
@@ -292,35 +297,45 @@ def copy_seconds(nbytes, backend="cpu", repeat=COPY_REPEAT):
     return min(timer.best for timer in timers)
 
 
-def interleaved(fns, repeat=10, nbytes=None, backend="cpu"):
-    """Best seconds per call of each of ``fns``, sampled in turn so all see the same load.
-
-    With ``nbytes``, samples of the copy reference of that many bytes join every
-    round, so the copy's best (read it afterwards with :func:`copy_bandwidth`) is
-    taken under the same conditions as the calls it is compared with.
-    """
-    copies = []
-    if nbytes is not None:
-        copy_seconds(nbytes, backend)
-        copies = copy_timers(nbytes, backend)
+def interleaved(fns, repeat=10):
+    """Best seconds per call of each of ``fns``, sampled in turn so all see the same load."""
     timers = [Timer(fn) for fn in fns]
-    while True:
-        for copy in copies:
-            copy.sample()
-        if all(timer.count >= repeat for timer in timers):
-            return [timer.best for timer in timers]
+    while any(timer.count < repeat for timer in timers):
         for timer in timers:
             if timer.count < repeat:
                 timer.sample()
+    return [timer.best for timer in timers]
 
 
-def time_against_copy(fn, nbytes, backend="cpu", repeat=10):
-    """Best seconds per call of ``fn``, its samples interleaved with copy samples of ``nbytes``."""
-    return interleaved([fn], repeat, nbytes, backend)[0]
+def against_copy(fn, nbytes, backend="cpu", repeat=10):
+    """``(best seconds per call of fn, median copy-time ratio)`` against a copy of ``nbytes`` bytes.
+
+    Rounds alternate a sample of the copy and one of ``fn``; each sample of ``fn``
+    is paired with the mean of the copy samples just before and after it, and the
+    ratio copy seconds / ``fn`` seconds is kept per round. On a shared machine the
+    memory bandwidth drifts by tens of percent within seconds (other tenants), so a
+    best ``fn`` time over a best copy time taken at other moments measures the
+    drift as much as the op; the median of paired ratios does not.
+    """
+    copies = copy_timers(nbytes, backend)
+    timer = Timer(fn)
+
+    def copy_sample():
+        for copy in copies:
+            copy.sample()
+        return min(copy.last for copy in copies)
+
+    before, ratios = copy_sample(), []
+    while timer.count < repeat or not ratios:
+        timer.sample()
+        after = copy_sample()
+        ratios.append((before + after) / 2 / timer.last)
+        before = after
+    return timer.best, float(np.median(ratios))
 
 
 def copy_bandwidth(nbytes, backend="cpu"):
-    """Copy GB/s (read + write, 1e9 bytes) for ``nbytes`` bytes on ``backend``'s device."""
+    """Copy GB/s (read + write, 1e9 bytes) for ``nbytes`` bytes on ``backend``'s device: the best seen."""
     return COPY_TRAFFIC * nbytes / copy_seconds(nbytes, backend) / 1e9
 
 
@@ -329,9 +344,9 @@ def achieved_bandwidth(nbytes, direction, seconds):
     return model_bytes(nbytes, direction) / seconds / 1e9
 
 
-def fraction_of_copy(nbytes, direction, seconds, backend="cpu"):
-    """Achieved GB/s over the copy GB/s of the same number of bytes."""
-    return achieved_bandwidth(nbytes, direction, seconds) / copy_bandwidth(nbytes, backend)
+def fraction_of_copy(direction, copy_ratio):
+    """Achieved GB/s over copy GB/s, from copy seconds over op seconds (same bytes, same moment)."""
+    return MODEL_TRAFFIC[direction] / COPY_TRAFFIC * copy_ratio
 
 
 def _import_numbanorm_cpu():
@@ -508,16 +523,17 @@ class Run:
         return best_time(self.forward if direction == "forward" else self.backward,
                          repeat=default_repeat(self.backend, self.size, repeat), budget=budget)
 
-    def time_against_copy(self, direction, repeat=10):
-        """:meth:`time`, its samples interleaved with those of the copy reference."""
-        return time_against_copy(self.forward if direction == "forward" else self.backward,
-                                 self.nbytes, self.backend,
-                                 repeat=default_repeat(self.backend, self.size, repeat))
+    def against_copy(self, direction, repeat=10):
+        """``(best seconds, fraction of copy)`` of a forward or backward, sampled in turn with
+        a copy of the same bytes (see :func:`against_copy`)."""
+        seconds, ratio = against_copy(self.forward if direction == "forward" else self.backward,
+                                      self.nbytes, self.backend,
+                                      repeat=default_repeat(self.backend, self.size, repeat))
+        return seconds, fraction_of_copy(direction, ratio)
 
     def fraction_of_copy(self, direction, repeat=10):
         """Achieved GB/s of a forward or backward over copy GB/s, measured together."""
-        seconds = self.time_against_copy(direction, repeat)
-        return fraction_of_copy(self.nbytes, direction, seconds, self.backend)
+        return self.against_copy(direction, repeat)[1]
 
 
 def _nothing():
@@ -739,7 +755,7 @@ def run_command(args, out=None):
             for direction in DIRECTIONS:
                 # Ours and the copy sampled in turn (the same load for both); torch apart:
                 # its OpenMP threads spin after each call and slow Numba's threads down.
-                t_ours = interleaved([getattr(run, direction)], repeat, run.nbytes, args.backend)[0]
+                t_ours, frac = run.against_copy(direction, repeat)
                 t_torch = None
                 if tr is not None:
                     t_torch = interleaved([getattr(tr, direction)], repeat)[0]
@@ -749,7 +765,7 @@ def run_command(args, out=None):
                 if ref is not None:
                     t_ref = ref.time(direction, repeat)
                     progress.step(f"{case.name} {direction}: numpy")
-                measured.append((case, run.shape, run.nbytes, direction, t_ours, t_ref, t_torch))
+                measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, t_ref, t_torch))
             del run, ref, tr
     finally:
         progress.close()
@@ -771,16 +787,17 @@ def run_command(args, out=None):
         if llc and args.backend != "cuda":
             cache_note = (f", {n / llc[1]:.3g}x the {_mib(llc[1])} L{llc[0]} cache" if n >= llc[1]
                           else f", fits in the {_mib(llc[1])} L{llc[0]} cache")
-        samples = sum(t.count for t in copy_timers(n, args.backend))
-        print(f"copy bandwidth: {copy_bandwidth(n, args.backend):.1f} GB/s ({where} of {_mib(n)}"
-              f"{cache_note}; best of {samples}, taken between the op's samples)", file=out)
+        samples = [s for t in copy_timers(n, args.backend) for s in t.samples]
+        median = COPY_TRAFFIC * n / float(np.median(samples)) / 1e9
+        print(f"copy bandwidth: {copy_bandwidth(n, args.backend):.1f} GB/s best, {median:.1f} GB/s median "
+              f"({where} of {_mib(n)}{cache_note}; {len(samples)} samples, taken between the op's)", file=out)
     print("GB/s counts 2 x size for a forward (read x, write y), 3 x size for a backward "
           "(read x, dy; write dx)", file=out)
 
     rows = []
-    for case, shape, n, direction, t, t_ref, t_torch in measured:
+    for case, shape, n, direction, t, frac, t_ref, t_torch in measured:
         rows.append((case.op, case.layout, "x".join(map(str, shape)), direction, t,
-                     achieved_bandwidth(n, direction, t), fraction_of_copy(n, direction, t, args.backend),
+                     achieved_bandwidth(n, direction, t), frac,
                      None if t_ref is None else t_ref / t,
                      None if t_torch is None else t / t_torch))
 
@@ -798,7 +815,8 @@ def run_command(args, out=None):
         print("  ".join(cells).rstrip(), file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
-    print("\nof copy: achieved GB/s over copy GB/s; vs numpy: speed-up over the numpy backend; "
+    print("\nof copy: the op's GB/s over the copy's GB/s measured just before and after it, the median "
+          f"of {repeat} such pairs; vs numpy: speed-up over the numpy backend; "
           "/ torch: time over PyTorch's (below 1: faster)", file=out)
     return 0
 
