@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from .._bench import last_level_cache
-from ._kernel import ITEM_ELEMENTS, helper, items, kernel, outputs
+from ._kernel import ITEM_ELEMENTS, helper, items, kernel, outputs, shifted_moments
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
 # cache when a second pass reads it (half the cache: the other half is for the
@@ -52,13 +52,6 @@ def cache_chunks(x4, arrays=1):
 
 # ----------------------------------------------------------------------------- statistics
 
-@helper
-def _shifted_moments(count, shift, sum_d, sum_d2):
-    """Mean and M2 from the sums of ``d = x - shift`` and ``d * d`` over ``count`` values."""
-    dm = sum_d / count
-    return shift + dm, max(sum_d2 - sum_d * dm, 0.0)
-
-
 @kernel
 def _moments_rows(x4, per_item, mean, m2):
     O, A, C, B = x4.shape
@@ -75,7 +68,7 @@ def _moments_rows(x4, per_item, mean, m2):
                 d = np.float64(run[b] - shift)
                 s1 += d
                 s2 += d * d
-        mean[o, k, c], m2[o, k, c] = _shifted_moments((a1 - a0) * B, shift, s1, s2)
+        mean[o, k, c], m2[o, k, c] = shifted_moments((a1 - a0) * B, shift, s1, s2)
 
 
 @kernel
@@ -93,7 +86,7 @@ def _moments_lanes(x3, per_item, mean, m2):
                 s1[c] += d
                 s2[c] += d * d
         for c in range(C):
-            mean[o, k, c], m2[o, k, c] = _shifted_moments(a1 - a0, shift[c], s1[c], s2[c])
+            mean[o, k, c], m2[o, k, c] = shifted_moments(a1 - a0, shift[c], s1[c], s2[c])
 
 
 @helper

@@ -8,38 +8,39 @@ segment ``q`` uses ``w[(r % period) * nseg + q]``. So layer norm is
 ``period=C, nseg=1`` (one per row) and group norm ``period=G, nseg=C // G``
 (one per channel of the group).
 
-Per row: mean, then the sum of squared deviations around it (two passes over a
-row that stays in cache, float64 accumulation), then the output. Arithmetic is
-in float64 and rounded once on store, so large-mean float32 data keeps its
-precision.
+Per row: the mean and the sum of squared deviations in one pass of shifted
+float64 sums (:func:`._kernel.shifted_moments`), then the output from the row,
+still in cache, in the data's dtype with the mean split into its rounded value
+and the rounding error, so large-mean float32 data keeps its precision.
 """
 import functools
 
 import numpy as np
 from numba import prange
 
-from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper
+from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper, shifted_moments
 
 
 @helper
 def _row_stats(row, center, eps):
     """Mean (0 without centering), biased variance and 1/sqrt(var + eps) of a row, in float64.
 
-    Two passes over a row that stays in cache: the sum of squared deviations from
-    the mean, never E[x^2] - E[x]^2.
+    One pass of float64 sums of ``d = x - row[0]`` and ``d * d`` (:func:`shifted_moments`;
+    without centering, of ``x * x``): never ``E[x^2] - E[x]^2``.
     """
     L = row.shape[0]
-    mean = 0.0
-    if center:
-        total = 0.0
-        for j in range(L):
-            total += row[j]
-        mean = total / L
-    squares = 0.0
+    shift = row[0] if center and L > 0 else cast_like(row, 0.0)
+    sum_d = 0.0
+    sum_d2 = 0.0
     for j in range(L):
-        d = row[j] - mean
-        squares += d * d
-    var = squares / L
+        d = np.float64(row[j] - shift)
+        sum_d += d
+        sum_d2 += d * d
+    if center:
+        mean, m2 = shifted_moments(L, shift, sum_d, sum_d2)
+    else:
+        mean, m2 = 0.0, sum_d2
+    var = m2 / L
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
