@@ -110,6 +110,50 @@ def _accumulate_row(x, dy, mean, rstd, r, dw, db):
         db[j] += gr[j]
 
 
+# Elements a block sum adds in the data's dtype before it joins a float64 total:
+# float32 lanes are twice float64's, and a block is short enough for its rounding
+# (a few float32 ulps of the block's magnitude) to stay far below the tolerances.
+SUM_BLOCK = 256
+
+
+@helper
+def _dot_sums(xs, gs, ws, m):
+    """Float64 ``sum(g)`` and ``sum(g * (x - m))`` for ``g = gs * ws`` over a slice, by blocks."""
+    zero = cast_like(xs, 0.0)
+    sum_g = 0.0
+    sum_gx = 0.0
+    for j0 in range(0, xs.shape[0], SUM_BLOCK):
+        # Slices, so each block's loop runs from 0 and LLVM vectorises it.
+        xb, gb, wb = xs[j0:j0 + SUM_BLOCK], gs[j0:j0 + SUM_BLOCK], ws[j0:j0 + SUM_BLOCK]
+        block_g = zero
+        block_gx = zero
+        for j in range(xb.shape[0]):
+            g = gb[j] * wb[j]
+            block_g += g
+            block_gx += g * (xb[j] - m)
+        sum_g += block_g
+        sum_gx += block_gx
+    return sum_g, sum_gx
+
+
+@helper
+def _segment_sums(xs, gs, m):
+    """Float64 ``sum(dy)`` and ``sum(dy * (x - m))`` over a slice, by blocks."""
+    zero = cast_like(xs, 0.0)
+    sum_dy = 0.0
+    sum_dyx = 0.0
+    for j0 in range(0, xs.shape[0], SUM_BLOCK):
+        xb, gb = xs[j0:j0 + SUM_BLOCK], gs[j0:j0 + SUM_BLOCK]
+        block_dy = zero
+        block_dyx = zero
+        for j in range(xb.shape[0]):
+            block_dy += gb[j]
+            block_dyx += gb[j] * (xb[j] - m)
+        sum_dy += block_dy
+        sum_dyx += block_dyx
+    return sum_dy, sum_dyx
+
+
 @row_helper
 def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_acc):
     """dx of one row; with one weight per segment, also the row's dweight/dbias terms
@@ -117,28 +161,23 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
 
     With g = dy * w and xhat = (x - mean) * rstd:
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
+    Sums of ``g * (x - m)`` become sums of ``g * xhat`` as ``xhat = (x - m) * rs + lo``.
     """
     L = x.shape[1]
     seg = L // nseg
     xr, gr, out = x[r], dy[r], dx[r]
     m, rs, lo = _xhat_terms(xr, mean[r], rstd[r])
     base = (r % period) * nseg
-    sum_g = 0.0
-    sum_gx = 0.0
     if seg == 1:
         wr = w[base:base + L]
-        for j in range(L):
-            g = gr[j] * wr[j]
-            sum_g += g
-            sum_gx += g * ((xr[j] - m) * rs + lo)
+        sum_g, sum_gx = _dot_sums(xr, gr, wr, m)
+        sum_gx = sum_gx * rs + sum_g * lo
     else:
+        sum_g = 0.0
+        sum_gx = 0.0
         for q in range(nseg):
-            xs, gs = xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg]
-            sum_dy = 0.0
-            sum_dyx = 0.0
-            for j in range(seg):
-                sum_dy += gs[j]
-                sum_dyx += gs[j] * ((xs[j] - m) * rs + lo)
+            sum_dy, sum_dyx = _segment_sums(xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg], m)
+            sum_dyx = sum_dyx * rs + sum_dy * lo
             dw_acc[base + q] += sum_dyx
             db_acc[base + q] += sum_dy
             sum_g += w[base + q] * sum_dy
