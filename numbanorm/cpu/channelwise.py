@@ -13,10 +13,7 @@ of rows with the loop over channels innermost, so it vectorises ("lanes").
 
 Statistics: each item sums the deviations ``d = x - s`` from a shift ``s`` it
 takes from its own data (its first row), and their squares, in float64, in one
-pass over x; then ``mean = s + sum(d) / n``, ``M2 = sum(d^2) - sum(d)^2 / n``.
-With ``s`` one of the item's values, ``n * var >= (s - mean)^2``, so the
-cancellation costs at most a factor n of float64's epsilon (a few 1e-12 for
-the 32768-value items), unlike ``E[x^2] - E[x]^2``. The items are merged with
+pass over x (:func:`._kernel.shifted_moments`). The items are merged with
 Chan's formula in a fixed order. The item split depends on the shape only, so
 results are the same for any number of threads. Per-(o, c) vectors passed in
 (mean, scale, ...) are float64 arrays of shape ``(O, C)``.
@@ -59,13 +56,13 @@ def _moments_rows(x4, per_item, mean, m2):
     for i in prange(O * K * C):
         o, k, c = i // (K * C), (i // C) % K, i % C
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        shift = x4[o, a0, c, 0]
+        shift = np.float64(x4[o, a0, c, 0])
         s1 = 0.0
         s2 = 0.0
         for a in range(a0, a1):
             run = x4[o, a, c]
             for b in range(B):
-                d = np.float64(run[b] - shift)
+                d = np.float64(run[b]) - shift
                 s1 += d
                 s2 += d * d
         mean[o, k, c], m2[o, k, c] = shifted_moments((a1 - a0) * B, shift, s1, s2)
@@ -82,7 +79,7 @@ def _moments_lanes(x3, per_item, mean, m2):
         for a in range(a0, a1):
             row = x3[o, a]
             for c in range(C):
-                d = np.float64(row[c] - shift[c])
+                d = np.float64(row[c]) - shift[c]
                 s1[c] += d
                 s2[c] += d * d
         for c in range(C):

@@ -29,11 +29,11 @@ def _row_stats(row, center, eps):
     without centering, of ``x * x``): never ``E[x^2] - E[x]^2``.
     """
     L = row.shape[0]
-    shift = row[0] if center and L > 0 else cast_like(row, 0.0)
+    shift = np.float64(row[0]) if center and L > 0 else 0.0
     sum_d = 0.0
     sum_d2 = 0.0
     for j in range(L):
-        d = np.float64(row[j] - shift)
+        d = np.float64(row[j]) - shift
         sum_d += d
         sum_d2 += d * d
     if center:
