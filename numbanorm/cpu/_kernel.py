@@ -60,22 +60,6 @@ row_helper = njit(inline="always", **OPTIONS)
 IR level), so a row does not pay a call that passes every array field by value."""
 
 
-@helper
-def shifted_moments(count, shift, sum_d, sum_d2):
-    """Mean and M2 (sum of squared deviations) of ``count`` values from the float64 sums of
-    ``d = x - shift`` and ``d * d``, ``shift`` being one of the values.
-
-    One pass over the data instead of two, and safe where ``E[x^2] - E[x]^2`` is
-    not: as ``shift`` is a data value, ``(shift - mean)^2 <= M2``, so
-    ``sum(d^2) = M2 + count * (shift - mean)^2 <= (count + 1) * M2`` and the
-    subtraction costs at most a factor ``count`` of float64's precision (a few
-    1e-12 for 32768 values). Callers form ``d`` in float64, where the difference
-    of two float32 values is exact.
-    """
-    dm = sum_d / count
-    return shift + dm, max(sum_d2 - sum_d * dm, 0.0)
-
-
 def cast_like(arr, value):
     """``value`` converted to ``arr``'s dtype (inside kernels: a float64 statistic to float32)."""
     raise NotImplementedError("cast_like is only callable from compiled code")

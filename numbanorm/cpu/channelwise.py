@@ -13,7 +13,7 @@ of rows with the loop over channels innermost, so it vectorises ("lanes").
 
 Statistics: each item sums the deviations ``d = x - s`` from a shift ``s`` it
 takes from its own data (its first row), and their squares, in float64, in one
-pass over x (:func:`._kernel.shifted_moments`). The items are merged with
+pass over x (:func:`._sums.shifted_moments`). The items are merged with
 Chan's formula in a fixed order. The item split depends on the shape only, so
 results are the same for any number of threads. Per-(o, c) vectors passed in
 (mean, scale, ...) are float64 arrays of shape ``(O, C)``.
@@ -22,7 +22,8 @@ import numpy as np
 from numba import prange
 
 from .._bench import last_level_cache
-from ._kernel import ITEM_ELEMENTS, helper, items, kernel, outputs, shifted_moments
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs
+from ._sums import dy_sums, shifted_moments, shifted_sums
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
 # cache when a second pass reads it (half the cache: the other half is for the
@@ -60,11 +61,9 @@ def _moments_rows(x4, per_item, mean, m2):
         s1 = 0.0
         s2 = 0.0
         for a in range(a0, a1):
-            run = x4[o, a, c]
-            for b in range(B):
-                d = np.float64(run[b]) - shift
-                s1 += d
-                s2 += d * d
+            run_d, run_d2 = shifted_sums(x4[o, a, c], shift)
+            s1 += run_d
+            s2 += run_d2
         mean[o, k, c], m2[o, k, c] = shifted_moments((a1 - a0) * B, shift, s1, s2)
 
 
@@ -76,8 +75,16 @@ def _moments_lanes(x3, per_item, mean, m2):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
         shift, s1, s2 = x3[o, a0], mean[o, k], m2[o, k]
-        for a in range(a0, a1):
-            row = x3[o, a]
+        # Two rows a pass: half the loads and stores of the float64 accumulators.
+        for a in range(a0, a1 - 1, 2):
+            r0, r1 = x3[o, a], x3[o, a + 1]
+            for c in range(C):
+                d0 = np.float64(r0[c]) - shift[c]
+                d1 = np.float64(r1[c]) - shift[c]
+                s1[c] += d0 + d1
+                s2[c] += d0 * d0 + d1 * d1
+        if (a1 - a0) % 2:
+            row = x3[o, a1 - 1]
             for c in range(C):
                 d = np.float64(row[c]) - shift[c]
                 s1[c] += d
@@ -162,13 +169,16 @@ def _apply_rows(x4, y4, mean, scale, shift):
 
 
 @kernel
-def _apply_lanes(x3, y3, mean, scale, shift):
+def _apply_lanes(x3, y3, mean, scale, shift, per_item):
     O, A, C = x3.shape
-    for i in prange(O * A):
-        o, a = i // A, i % A
-        src, dst, m, s, t = x3[o, a], y3[o, a], mean[o], scale[o], shift[o]
-        for c in range(C):
-            dst[c] = (src[c] - m[c]) * s[c] + t[c]
+    K = (A + per_item - 1) // per_item
+    for i in prange(O * K):
+        o, k = i // K, i % K
+        m, s, t = mean[o], scale[o], shift[o]
+        for a in range(k * per_item, min(A, (k + 1) * per_item)):
+            src, dst = x3[o, a], y3[o, a]
+            for c in range(C):
+                dst[c] = (src[c] - m[c]) * s[c] + t[c]
 
 
 def scale_shift(x4, mean, scale, shift, out=None):
@@ -179,7 +189,7 @@ def scale_shift(x4, mean, scale, shift, out=None):
     m, error = _rounded_mean(x4, mean)
     s, t = _in_dtype(x4, scale, shift + error * scale)
     if B == 1:
-        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), m, s, t, work=x4.size)
+        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), m, s, t, rows_per_item(x4), work=x4.size)
     else:
         _apply_rows(x4, y4, m, s, t, work=x4.size)
     return y4
@@ -193,15 +203,15 @@ def _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx):
     K = sum_dy.shape[1]
     for i in prange(O * K * C):
         o, k, c = i // (K * C), (i // C) % K, i % C
-        m = mean[o, c]
+        m_hi = cast_like(x4, mean[o, c])
         s1 = 0.0
         s2 = 0.0
         for a in range(k * per_item, min(A, (k + 1) * per_item)):
-            xs, gs = x4[o, a, c], dy4[o, a, c]
-            for b in range(B):
-                s1 += gs[b]
-                s2 += gs[b] * (xs[b] - m)
-        sum_dy[o, k, c], sum_dyx[o, k, c] = s1, s2
+            run_dy, run_dyx = dy_sums(x4[o, a, c], dy4[o, a, c], m_hi)
+            s1 += run_dy
+            s2 += run_dyx
+        # sum(dy * (x - mean)) = sum(dy * (x - m_hi)) + (m_hi - mean) * sum(dy)
+        sum_dy[o, k, c], sum_dyx[o, k, c] = s1, s2 + (m_hi - mean[o, c]) * s1
 
 
 @kernel
@@ -210,9 +220,16 @@ def _grad_sums_lanes(x3, dy3, mean, per_item, sum_dy, sum_dyx):
     K = sum_dy.shape[1]
     for i in prange(O * K):
         o, k = i // K, i % K
+        a0, a1 = k * per_item, min(A, (k + 1) * per_item)
         s1, s2, m = sum_dy[o, k], sum_dyx[o, k], mean[o]
-        for a in range(k * per_item, min(A, (k + 1) * per_item)):
-            xs, gs = x3[o, a], dy3[o, a]
+        # Two rows a pass: half the loads and stores of the float64 accumulators.
+        for a in range(a0, a1 - 1, 2):
+            x0, x1, g0, g1 = x3[o, a], x3[o, a + 1], dy3[o, a], dy3[o, a + 1]
+            for c in range(C):
+                s1[c] += np.float64(g0[c]) + np.float64(g1[c])
+                s2[c] += g0[c] * (x0[c] - m[c]) + g1[c] * (x1[c] - m[c])
+        if (a1 - a0) % 2:
+            xs, gs = x3[o, a1 - 1], dy3[o, a1 - 1]
             for c in range(C):
                 s1[c] += gs[c]
                 s2[c] += gs[c] * (xs[c] - m[c])
@@ -244,14 +261,16 @@ def _dx_rows(x4, dy4, dx4, mean, rstd, alpha, beta, gamma):
 
 
 @kernel
-def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma):
+def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma, per_item):
     O, A, C = x3.shape
-    for i in prange(O * A):
-        o, a = i // A, i % A
-        xs, gs, dst = x3[o, a], dy3[o, a], dx3[o, a]
+    K = (A + per_item - 1) // per_item
+    for i in prange(O * K):
+        o, k = i // K, i % K
         m, s, p, q, r = mean[o], rstd[o], alpha[o], beta[o], gamma[o]
-        for c in range(C):
-            dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
+        for a in range(k * per_item, min(A, (k + 1) * per_item)):
+            xs, gs, dst = x3[o, a], dy3[o, a], dx3[o, a]
+            for c in range(C):
+                dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
 
 
 def dx(x4, dy4, mean, rstd, alpha, beta, gamma, out=None):
@@ -267,7 +286,8 @@ def dx(x4, dy4, mean, rstd, alpha, beta, gamma, out=None):
     s, p, q, r = _in_dtype(x4, rstd, alpha, beta, gamma + beta * error)
     if B == 1:
         shape = (O, A, C)
-        _dx_lanes(x4.reshape(shape), dy4.reshape(shape), dx4.reshape(shape), m, s, p, q, r, work=x4.size)
+        _dx_lanes(x4.reshape(shape), dy4.reshape(shape), dx4.reshape(shape), m, s, p, q, r, rows_per_item(x4),
+                  work=x4.size)
     else:
         _dx_rows(x4, dy4, dx4, m, s, p, q, r, work=x4.size)
     return dx4

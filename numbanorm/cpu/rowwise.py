@@ -9,7 +9,7 @@ segment ``q`` uses ``w[(r % period) * nseg + q]``. So layer norm is
 (one per channel of the group).
 
 Per row: the mean and the sum of squared deviations in one pass of shifted
-float64 sums (:func:`._kernel.shifted_moments`), then the output from the row,
+float64 sums (:func:`._sums.shifted_moments`), then the output from the row,
 still in cache, in the data's dtype with the mean split into its rounded value
 and the rounding error, so large-mean float32 data keeps its precision.
 """
@@ -18,7 +18,8 @@ import functools
 import numpy as np
 from numba import prange
 
-from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper, shifted_moments
+from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper
+from ._sums import dot_sums, dy_sums, shifted_moments, shifted_sums
 
 
 @helper
@@ -30,12 +31,7 @@ def _row_stats(row, center, eps):
     """
     L = row.shape[0]
     shift = np.float64(row[0]) if center and L > 0 else 0.0
-    sum_d = 0.0
-    sum_d2 = 0.0
-    for j in range(L):
-        d = np.float64(row[j]) - shift
-        sum_d += d
-        sum_d2 += d * d
+    sum_d, sum_d2 = shifted_sums(row, shift)
     if center:
         mean, m2 = shifted_moments(L, shift, sum_d, sum_d2)
     else:
@@ -110,50 +106,6 @@ def _accumulate_row(x, dy, mean, rstd, r, dw, db):
         db[j] += gr[j]
 
 
-# Elements a block sum adds in the data's dtype before it joins a float64 total:
-# float32 lanes are twice float64's, and a block is short enough for its rounding
-# (a few float32 ulps of the block's magnitude) to stay far below the tolerances.
-SUM_BLOCK = 256
-
-
-@helper
-def _dot_sums(xs, gs, ws, m):
-    """Float64 ``sum(g)`` and ``sum(g * (x - m))`` for ``g = gs * ws`` over a slice, by blocks."""
-    zero = cast_like(xs, 0.0)
-    sum_g = 0.0
-    sum_gx = 0.0
-    for j0 in range(0, xs.shape[0], SUM_BLOCK):
-        # Slices, so each block's loop runs from 0 and LLVM vectorises it.
-        xb, gb, wb = xs[j0:j0 + SUM_BLOCK], gs[j0:j0 + SUM_BLOCK], ws[j0:j0 + SUM_BLOCK]
-        block_g = zero
-        block_gx = zero
-        for j in range(xb.shape[0]):
-            g = gb[j] * wb[j]
-            block_g += g
-            block_gx += g * (xb[j] - m)
-        sum_g += block_g
-        sum_gx += block_gx
-    return sum_g, sum_gx
-
-
-@helper
-def _segment_sums(xs, gs, m):
-    """Float64 ``sum(dy)`` and ``sum(dy * (x - m))`` over a slice, by blocks."""
-    zero = cast_like(xs, 0.0)
-    sum_dy = 0.0
-    sum_dyx = 0.0
-    for j0 in range(0, xs.shape[0], SUM_BLOCK):
-        xb, gb = xs[j0:j0 + SUM_BLOCK], gs[j0:j0 + SUM_BLOCK]
-        block_dy = zero
-        block_dyx = zero
-        for j in range(xb.shape[0]):
-            block_dy += gb[j]
-            block_dyx += gb[j] * (xb[j] - m)
-        sum_dy += block_dy
-        sum_dyx += block_dyx
-    return sum_dy, sum_dyx
-
-
 @row_helper
 def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_acc):
     """dx of one row; with one weight per segment, also the row's dweight/dbias terms
@@ -170,13 +122,13 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
     base = (r % period) * nseg
     if seg == 1:
         wr = w[base:base + L]
-        sum_g, sum_gx = _dot_sums(xr, gr, wr, m)
+        sum_g, sum_gx = dot_sums(xr, gr, wr, m)
         sum_gx = sum_gx * rs + sum_g * lo
     else:
         sum_g = 0.0
         sum_gx = 0.0
         for q in range(nseg):
-            sum_dy, sum_dyx = _segment_sums(xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg], m)
+            sum_dy, sum_dyx = dy_sums(xr[q * seg:(q + 1) * seg], gr[q * seg:(q + 1) * seg], m)
             sum_dyx = sum_dyx * rs + sum_dy * lo
             dw_acc[base + q] += sum_dyx
             db_acc[base + q] += sum_dy
