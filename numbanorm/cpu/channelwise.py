@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from .._bench import last_level_cache
-from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, scratch
 from ._sums import dy_sums, shifted_moments, shifted_sums
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
@@ -75,16 +75,10 @@ def _moments_lanes(x3, per_item, mean, m2):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
         shift, s1, s2 = x3[o, a0], mean[o, k], m2[o, k]
-        # Two rows a pass: half the loads and stores of the float64 accumulators.
-        for a in range(a0, a1 - 1, 2):
-            r0, r1 = x3[o, a], x3[o, a + 1]
-            for c in range(C):
-                d0 = np.float64(r0[c]) - shift[c]
-                d1 = np.float64(r1[c]) - shift[c]
-                s1[c] += d0 + d1
-                s2[c] += d0 * d0 + d1 * d1
-        if (a1 - a0) % 2:
-            row = x3[o, a1 - 1]
+        # One row a pass: reading two rows in step halves the accumulators' traffic,
+        # which is faster in cache but 1.7x slower from memory (the prefetchers).
+        for a in range(a0, a1):
+            row = x3[o, a]
             for c in range(C):
                 d = np.float64(row[c]) - shift[c]
                 s1[c] += d
@@ -128,7 +122,7 @@ def moments_m2(x4):
     O, A, C, B = x4.shape
     per_item = rows_per_item(x4)
     k = items(A, per_item)
-    mean, m2 = np.zeros((O, k, C)), np.zeros((O, k, C))
+    mean, m2 = scratch.zeros((O, k, C)), scratch.zeros((O, k, C))
     if B == 1:
         _moments_lanes(x4.reshape(O, A, C), per_item, mean, m2, work=x4.size)
     else:
@@ -222,14 +216,8 @@ def _grad_sums_lanes(x3, dy3, mean, per_item, sum_dy, sum_dyx):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
         s1, s2, m = sum_dy[o, k], sum_dyx[o, k], mean[o]
-        # Two rows a pass: half the loads and stores of the float64 accumulators.
-        for a in range(a0, a1 - 1, 2):
-            x0, x1, g0, g1 = x3[o, a], x3[o, a + 1], dy3[o, a], dy3[o, a + 1]
-            for c in range(C):
-                s1[c] += np.float64(g0[c]) + np.float64(g1[c])
-                s2[c] += g0[c] * (x0[c] - m[c]) + g1[c] * (x1[c] - m[c])
-        if (a1 - a0) % 2:
-            xs, gs = x3[o, a1 - 1], dy3[o, a1 - 1]
+        for a in range(a0, a1):  # one row a pass, as in _moments_lanes
+            xs, gs = x3[o, a], dy3[o, a]
             for c in range(C):
                 s1[c] += gs[c]
                 s2[c] += gs[c] * (xs[c] - m[c])
@@ -240,7 +228,7 @@ def grad_sums(x4, dy4, mean):
     O, A, C, B = x4.shape
     per_item = rows_per_item(x4)
     k = items(A, per_item)
-    sum_dy, sum_dyx = np.zeros((O, k, C)), np.zeros((O, k, C))
+    sum_dy, sum_dyx = scratch.zeros((O, k, C)), scratch.zeros((O, k, C))
     if B == 1:
         _grad_sums_lanes(x4.reshape(O, A, C), dy4.reshape(O, A, C), mean, per_item, sum_dy, sum_dyx,
                          work=x4.size)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from .._host import channel_view
-from ._kernel import cast_like, kernel, outputs, row_helper
+from ._kernel import cast_like, kernel, outputs, row_helper, scratch
 
 
 @row_helper
@@ -84,7 +84,7 @@ def _backward(x3, dy3, base3, t3, size, before, coef, beta, dx3):
 
 def forward(x, p):
     x3 = channel_view(x, p.axis)
-    y3, base3 = outputs.empty_like(x3), np.empty_like(x3)
+    y3, base3 = outputs.empty_like(x3), outputs.empty_like(x3)
     _forward(x3, p.size, p.size // 2, p.alpha / p.size, p.beta, p.k, y3, base3, work=x3.size * p.size)
     return y3.reshape(x.shape), None, None, {"x3": x3, "base3": base3}
 
@@ -93,7 +93,7 @@ def backward(dy, cache):
     p, s = cache.params, cache.saved
     x3, base3 = s["x3"], s["base3"]
     dy3 = channel_view(dy, p["axis"])
-    t3, dx3 = np.empty_like(x3), outputs.empty_like(x3)
+    t3, dx3 = scratch.empty_like(x3), outputs.empty_like(x3)
     _terms(x3, dy3, base3, p["beta"], t3, work=x3.size)
     _backward(x3, dy3, base3, t3, p["size"], p["size"] // 2, 2.0 * p["alpha"] * p["beta"] / p["size"], p["beta"],
               dx3, work=x3.size * p["size"])

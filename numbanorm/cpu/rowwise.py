@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import prange
 
-from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper
+from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper, scratch
 from ._sums import dot_sums, dy_sums, shifted_moments, shifted_sums
 
 
@@ -206,8 +206,8 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, need_dweight=Tru
     rows_per_item, blocks = row_blocks(R, L, period * nseg)  # partial dweight/dbias per block
     # Zero-width partials make the per-element sums' loops empty.
     width = lambda needed: period * nseg if needed or nseg != L else 0  # noqa: E731
-    dw_part = np.zeros((blocks, width(need_dweight)))
-    db_part = np.zeros((blocks, width(need_dbias)))
+    dw_part = scratch.zeros((blocks, width(need_dweight)))
+    db_part = scratch.zeros((blocks, width(need_dbias)))
     dx2 = outputs.empty_like(x2)
     _backward(x2, dy2, dx2, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part,
               work=x2.size)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from .._host import matrix_view, power_iteration
-from ._kernel import kernel, outputs, row_blocks
+from ._kernel import kernel, outputs, row_blocks, scratch
 
 
 @kernel
@@ -72,7 +72,7 @@ def _w_v(W, v):
 def _wt_u(W, u):
     R, K = W.shape
     rows_per_item, blocks = row_blocks(R, K, K)
-    partial = np.zeros((blocks, K))
+    partial = scratch.zeros((blocks, K))
     _matvec_t(W, u, rows_per_item, partial, work=W.size)
     return partial.sum(axis=0)
 
