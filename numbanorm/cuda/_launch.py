@@ -38,6 +38,10 @@ else:
     LONG_ROW = 1024
     MAX_LANES = MAX_THREADS
 ELEMENTS_PER_LANE = 8     # a block per row gets about this many elements per lane
+# Shared memory a row kernel may fill with its rows so that later passes do not
+# re-read global memory: the 48 KiB a block gets without opting in. Small in the
+# simulator, so its tests take both paths.
+ROW_CACHE_BYTES = 1024 if SIM else 48 * 1024
 
 
 def pow2_at_least(n):

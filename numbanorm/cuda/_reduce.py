@@ -9,10 +9,12 @@ warp-shuffle butterfly; under the CUDA simulator, which has no warp shuffles,
 it is a tree in shared memory. Both are chosen here at import and have the
 same interface. Every thread of the block must call it (it synchronizes).
 
-Its scratch space is the block's dynamic shared memory, ``scratch_bytes(block,
-dtype)`` given at launch (the simulator hands every thread of a block the same
-dynamic buffer, while its static shared arrays are created racily, one per
-source line, when the first threads reach them).
+Its scratch space is the start of the block's dynamic shared memory,
+``scratch_bytes(block, dtype)`` given at launch; a kernel may ask for more and
+keep its own data after the first :func:`scratch_slots` entries. (Dynamic, as
+the simulator hands every thread of a block the same dynamic buffer, while its
+static shared arrays are created racily, one per source line, when the first
+threads reach them.)
 
 :func:`column_sums` is the second stage of every two-stage reduction: kernels
 write per-block partial sums as rows of a ``(P, K)`` array, and it adds them up
@@ -27,6 +29,11 @@ MAX_THREADS = 1024
 if config.ENABLE_CUDASIM:
     def _slots(lanes, rows):
         return lanes * rows  # one per thread, for each of the two values
+
+    @cuda.jit(device=True)
+    def scratch_slots():
+        """Entries of the dynamic shared array :func:`sum_lanes` uses (the rest is the kernel's)."""
+        return 2 * cuda.blockDim.x * cuda.blockDim.y
 
     @cuda.jit(device=True)
     def sum_lanes(a, b, scratch):
@@ -56,6 +63,11 @@ else:
 
     def _slots(lanes, rows):
         return max(1, lanes // WARP) * rows  # one per warp, for each of the two values
+
+    @cuda.jit(device=True)
+    def scratch_slots():
+        """Entries of the dynamic shared array :func:`sum_lanes` uses (the rest is the kernel's)."""
+        return 2 * max(1, cuda.blockDim.x // WARP) * cuda.blockDim.y
 
     @cuda.jit(device=True)
     def _sum_warp(a, b):

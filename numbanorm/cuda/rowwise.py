@@ -18,18 +18,23 @@ compute dtype (float32 for float32 and float16 data):
    1e30 overflows float32. Then ``rstd = 1 / hypot(std, sqrt(eps))``, which is
    ``1 / sqrt(var + eps)`` without forming ``var``.
 
+Rows that fit in the block's shared memory (48 KiB: up to ~12k float32 values
+per row for the forward, half that for the backward) are read from global
+memory once: the first pass keeps them there for the others (:func:`row_cache_start`).
+
 The backward is fused per row: the row sums of ``g = dy * w`` and ``g * xhat``
 (one lane reduction), then ``dx``. dweight and dbias take two stages: each row
 group of a block adds its rows' ``dy * xhat`` and ``dy`` into its own row of
 partial sums, and :func:`._reduce.column_sums` adds the partial rows up.
 """
+import functools
 import math
 
 import numpy as np
 from numba import cuda
 
-from ._launch import cdiv, empty, flat_config, full, partial_rows_limit, row_config, vector
-from ._reduce import column_sums, scratch_bytes, sum_lanes
+from ._launch import ROW_CACHE_BYTES, cdiv, empty, flat_config, full, partial_rows_limit, row_config, vector
+from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
 
 @cuda.jit(device=True)
@@ -43,19 +48,34 @@ def segment(j, nseg, seg):
 
 
 @cuda.jit(device=True)
-def row_moments(x, r, j0, j1, valid, center, scratch):
+def row_cache_start(length):
+    """Where this thread's row keeps ``length`` values in the dynamic shared memory: after the
+    reduction scratch, one slice per row of the block. (A device function cannot return the
+    slice itself; the kernels take ``shared[start:start + length]``, empty for length 0.)"""
+    return scratch_slots() + cuda.threadIdx.y * length
+
+
+@cuda.jit(device=True)
+def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     """``(mean, rss)`` of ``x[r, j0:j1]``: its mean (0 without centering) and ``sqrt(sum((x - mean)**2))``.
 
     Every lane of the row calls it; a row past the end (``valid`` false) adds nothing.
+    With a ``cache`` of ``j1 - j0`` entries (else empty) the first pass keeps the
+    values there and the second reads them back. Each lane reads back only what it
+    stored itself, so no synchronization is needed.
     """
     T = x.dtype.type
     lane, lanes = cuda.threadIdx.x, cuda.blockDim.x
+    cached = cache.shape[0] > 0
     pivot = x[r, j0] if valid and center else T(0)
     total = T(0)
     size = T(0)
     if valid:
         for j in range(j0 + lane, j1, lanes):
-            d = x[r, j] - pivot
+            v = x[r, j]
+            if cached:
+                cache[j - j0] = v
+            d = v - pivot
             total += d
             size += abs(d)
     total, size = sum_lanes(total, size, scratch)
@@ -65,23 +85,26 @@ def row_moments(x, r, j0, j1, valid, center, scratch):
     squares = T(0)
     if valid and scale > 0:
         for j in range(j0 + lane, j1, lanes):
-            d = (x[r, j] - mean) / scale
+            d = ((cache[j - j0] if cached else x[r, j]) - mean) / scale
             squares += d * d
     squares, _ = sum_lanes(squares, T(0), scratch)
     return mean, scale * T(math.sqrt(squares))
 
 
 @cuda.jit
-def _forward(x, y, w, b, period, nseg, sqrt_eps, center, mean_out, rstd_out, std_out):
+def _forward(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
     T = x.dtype.type
-    scratch = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, sized at launch
+    shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
+    start = row_cache_start(cache_length)
+    cache = shared[start:start + cache_length]
+    cached = cache_length > 0
     R, L = x.shape
     seg = L // nseg
     lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
     for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):
         r = first + cuda.threadIdx.y
         valid = r < R
-        mean, rss = row_moments(x, r, 0, L, valid, center, scratch)
+        mean, rss = row_moments(x, r, 0, L, valid, center, shared, cache)
         if valid:  # (rows past the end would divide by zero when eps is 0)
             std = rss / math.sqrt(T(L))
             rstd = T(1) / math.hypot(std, sqrt_eps)
@@ -90,13 +113,14 @@ def _forward(x, y, w, b, period, nseg, sqrt_eps, center, mean_out, rstd_out, std
             base = (r % period) * nseg
             for j in range(lane, L, lanes):
                 k = base + segment(j, nseg, seg)
-                y[r, j] = (x[r, j] - mean) * rstd * w[k] + b[k]
+                y[r, j] = ((cache[j] if cached else x[r, j]) - mean) * rstd * w[k] + b[k]
 
 
 @cuda.jit
 def _moments(x, length, mean_out, rss_out):
     """Moments of every piece ``x[r, s * length:(s + 1) * length]``, at ``[r, s]`` of the outputs."""
-    scratch = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, sized at launch
+    shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, sized at launch
+    no_cache = shared[0:0]
     R, L = x.shape
     pieces = mean_out.shape[1]
     rows = cuda.blockDim.y
@@ -105,20 +129,24 @@ def _moments(x, length, mean_out, rss_out):
         valid = i < R * pieces
         r, s = i // pieces, i % pieces
         j0 = s * length
-        mean, rss = row_moments(x, r, j0, min(L, j0 + length), valid, True, scratch)
+        mean, rss = row_moments(x, r, j0, min(L, j0 + length), valid, True, shared, no_cache)
         if valid and cuda.threadIdx.x == 0:
             mean_out[r, s], rss_out[r, s] = mean, rss
 
 
 @cuda.jit
-def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, dw_part, db_part):
+def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
     """dx of every row, and this row group's partial dweight, dbias sums in row ``p`` of the partials.
 
     With g = dy * w and xhat = (x - mean) * rstd:
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
+    With ``cache_length`` (= L) the sums' pass keeps the row of x and dy in shared memory for dx.
     """
     T = x.dtype.type
-    scratch = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, sized at launch
+    shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
+    start = row_cache_start(2 * cache_length)
+    x_cache, dy_cache = shared[start:start + cache_length], shared[start + cache_length:start + 2 * cache_length]
+    cached = cache_length > 0
     R, L = x.shape
     seg = L // nseg
     lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
@@ -127,7 +155,7 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, dw_part, db_part):
         dw_part[p, k] = T(0)
         db_part[p, k] = T(0)
     cuda.syncthreads()
-    for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):
+    for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):  # the same trips for the whole block
         r = first + cuda.threadIdx.y
         valid = r < R
         m = mean[r] if valid else T(0)
@@ -139,13 +167,16 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, dw_part, db_part):
             if valid:
                 for j in range(lane, L, lanes):
                     d = dy[r, j]
-                    xhat = (x[r, j] - m) * rs
+                    v = x[r, j]
+                    if cached:
+                        x_cache[j], dy_cache[j] = v, d
+                    xhat = (v - m) * rs
                     dw_part[p, base + j] += d * xhat
                     db_part[p, base + j] += d
                     g = d * w[base + j]
                     sum_g += g
                     sum_gx += g * xhat
-            sum_g, sum_gx = sum_lanes(sum_g, sum_gx, scratch)
+            sum_g, sum_gx = sum_lanes(sum_g, sum_gx, shared)
         else:  # a weight per segment: the segment's sums over the lanes
             for q in range(nseg):
                 sum_dy = T(0)
@@ -153,9 +184,12 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, dw_part, db_part):
                 if valid:
                     for j in range(q * seg + lane, (q + 1) * seg, lanes):
                         d = dy[r, j]
+                        v = x[r, j]
+                        if cached:
+                            x_cache[j], dy_cache[j] = v, d
                         sum_dy += d
-                        sum_dyx += d * ((x[r, j] - m) * rs)
-                sum_dy, sum_dyx = sum_lanes(sum_dy, sum_dyx, scratch)
+                        sum_dyx += d * ((v - m) * rs)
+                sum_dy, sum_dyx = sum_lanes(sum_dy, sum_dyx, shared)
                 if valid and lane == 0:
                     dw_part[p, base + q] += sum_dyx
                     db_part[p, base + q] += sum_dy
@@ -163,11 +197,28 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, dw_part, db_part):
                 sum_gx += w[base + q] * sum_dyx
         mean_g = sum_g / T(L) if center else T(0)
         mean_gx = sum_gx / T(L)
+        if cached:  # the segments' lanes stored elements other lanes read below
+            cuda.syncthreads()
         if valid:
             for j in range(lane, L, lanes):
                 k = base + segment(j, nseg, seg)
-                xhat = (x[r, j] - m) * rs
-                dx[r, j] = rs * (dy[r, j] * w[k] - mean_g - xhat * mean_gx)
+                v = x_cache[j] if cached else x[r, j]
+                d = dy_cache[j] if cached else dy[r, j]
+                dx[r, j] = rs * (d * w[k] - mean_g - (v - m) * rs * mean_gx)
+        if cached:  # read before the next rows overwrite the cache
+            cuda.syncthreads()
+
+
+@functools.lru_cache(maxsize=256)
+def cache_length(block, L, arrays, dtype):
+    """``L`` when ``arrays`` rows of ``L`` values per row of the block fit in shared memory
+    beside the reduction scratch, else 0 (the kernel re-reads global memory)."""
+    return L if _shared_bytes(block, L, arrays, dtype) <= ROW_CACHE_BYTES else 0
+
+
+def _shared_bytes(block, length, arrays, dtype):
+    """Dynamic shared memory of a row kernel: the reduction scratch and ``arrays`` cached rows per row."""
+    return scratch_bytes(block, dtype) + block[1] * arrays * length * np.dtype(dtype).itemsize
 
 
 def forward(x2, weight, bias, period, nseg, eps, center, out_dtype):
@@ -204,8 +255,9 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype):
     mean, rstd, std = empty(R, dtype), empty(R, dtype), empty(R, dtype)
     if R:
         grid, block = row_config(R, L)
-        _forward[grid, block, 0, scratch_bytes(block, dtype)](x2, y2, w, b, period, nseg, dtype.type(math.sqrt(eps)),
-                                                              center, mean, rstd, std)
+        length = cache_length(block, L, 1, dtype)
+        _forward[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
+            x2, y2, w, b, period, nseg, dtype.type(math.sqrt(eps)), center, length, mean, rstd, std)
     return y2, mean, rstd, std
 
 
@@ -255,8 +307,9 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
     grid, block = row_config(R, L, partial_rows_limit())
     parts = grid * block[1]
     dw_part, db_part = empty((parts, entries), dtype), empty((parts, entries), dtype)
-    _backward[grid, block, 0, scratch_bytes(block, dtype)](x2, dy2, dx2, w, period, nseg, mean, rstd, center,
-                                                           dw_part, db_part)
+    length = cache_length(block, L, 2, dtype)
+    _backward[grid, block, 0, _shared_bytes(block, length, 2, dtype)](x2, dy2, dx2, w, period, nseg, mean, rstd,
+                                                                      center, length, dw_part, db_part)
     grid, block = flat_config(entries)
     column_sums[grid, block](dw_part, db_part, dw, db)
     return dx2, dw, db
