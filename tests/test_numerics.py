@@ -23,8 +23,11 @@ CONFIGS = [
     Config("rms_norm", (4, 3, 64), dict(axis=-1)),
     Config("group_norm", (4, 4, 64), dict(num_groups=2)),
     Config("instance_norm", (4, 3, 64), dict()),
+    Config("group_norm", (4, 64, 4), dict(num_groups=2, axis=-1)),
+    Config("instance_norm", (4, 64, 3), dict(axis=-1)),
 ]
-CONFIG_IDS = ["batch_norm", "batch_norm-last", "layer_norm", "rms_norm", "group_norm", "instance_norm"]
+CONFIG_IDS = ["batch_norm", "batch_norm-last", "layer_norm", "rms_norm", "group_norm", "instance_norm",
+              "group_norm-last", "instance_norm-last"]
 config_param = pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
 
 

@@ -65,6 +65,9 @@ CASES = [
     *case("gn-G2-2x4x3x5", "group_norm", (2, 4, 3, 5), num_groups=2),
     *case("gn-G2-noaffine-2x4x3x5", "group_norm", (2, 4, 3, 5), (F32,), affine="", num_groups=2),
     *case("gn-G2-last-2x3x5x4", "group_norm", (2, 3, 5, 4), num_groups=2, axis=-1),
+    # channels-last with several samples: the CPU's one-work-item-per-sample path
+    *case("gn-G3-last-5x4x3x6", "group_norm", (5, 4, 3, 6), num_groups=3, axis=-1),
+    *case("gn-G2-last-noaffine-4x7x4", "group_norm", (4, 7, 4), (F32,), affine="", num_groups=2, axis=-1),
     *case("gn-G2-N1-1x4x3", "group_norm", (1, 4, 3), (F64,), num_groups=2),
     *case("gn-G1-C1-2x1x5", "group_norm", (2, 1, 5), (F32,), num_groups=1),
     *case("gn-G2-N0-0x4x3", "group_norm", (0, 4, 3), (F64,), num_groups=2),
@@ -74,6 +77,8 @@ CASES = [
     *case("in-running-2x3x4x5", "instance_norm", (2, 3, 4, 5), running=True),
     *case("in-evalstats-2x3x4x5", "instance_norm", (2, 3, 4, 5), running=True, use_input_stats=False),
     *case("in-last-running-2x4x5x3", "instance_norm", (2, 4, 5, 3), running=True, axis=-1),
+    *case("in-last-running-5x4x3x6", "instance_norm", (5, 4, 3, 6), running=True, axis=-1),
+    *case("in-last-weightonly-4x9x3", "instance_norm", (4, 9, 3), (F64,), affine="w", axis=-1),
     *case("in-evalstats-last-2x4x5x3", "instance_norm", (2, 4, 5, 3), (F32,), running=True,
           use_input_stats=False, axis=-1),
     *case("in-N1-1x4x3", "instance_norm", (1, 4, 3), (F64,)),

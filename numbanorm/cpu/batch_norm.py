@@ -27,9 +27,12 @@ def normalize_samples(x4, eps, weight, bias, group_size=1):
     """Instance (or group) norm of ``x4`` (N, A, C, B): statistics per (sample, channel), pooled
     over groups of ``group_size`` channels; returns y4 and the float64 (N, C) mean and variance.
 
-    Chunk by chunk of samples (:func:`channelwise.cache_chunks`), so each chunk is
-    still in cache when it is normalized.
+    Channels-last with several samples: a work item per sample
+    (:func:`channelwise.normalize_per_sample`); else chunk by chunk of samples
+    (:func:`channelwise.cache_chunks`), so each chunk is still in cache when it is normalized.
     """
+    if x4.shape[3] == 1 and x4.shape[0] >= channelwise.SAMPLE_ITEMS_FROM:
+        return channelwise.normalize_per_sample(x4, eps, weight, bias, group_size)
     y4 = outputs.empty_like(x4)
     mean, var = np.empty(x4.shape[0::2]), np.empty(x4.shape[0::2])
     for s in channelwise.cache_chunks(x4):
@@ -73,8 +76,13 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, i.e.
     ``rstd * (weight * dy - rstd * mean(g * xhat) * (x - mean) - mean(g))``;
     frozen (running) statistics give ``dx = rstd * g``. Several samples (O > 1)
-    go chunk by chunk, so x and dy are still in cache for dx.
+    go chunk by chunk, so x and dy are still in cache for dx; channels-last batch
+    statistics of several samples, one work item per sample (:func:`channelwise.sample_grads`).
     """
+    if batch_stats and x4.shape[3] == 1 and x4.shape[0] >= channelwise.SAMPLE_ITEMS_FROM:
+        dx4, sum_dy, sum_dyx = channelwise.sample_grads(x4, dy4, mean, rstd, weight, group_size)
+        dweight, dbias = (sum_dyx * rstd).sum(axis=0), sum_dy.sum(axis=0)
+        return dx4, None if weight is None else dweight, None if bias is None else dbias
     dx4 = outputs.empty_like(x4)
     dweight, dbias = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
     n = x4.shape[1] * x4.shape[3] * group_size

@@ -48,6 +48,53 @@ def cache_chunks(x4, arrays=1):
     return [slice(i, i + step) for i in range(0, x4.shape[0], step)]
 
 
+# ----------------------------------------------------------------------------- lanes (channels-last)
+# A block of rows ``(rows, C)`` with the loop over channels innermost, so it vectorises.
+# The item kernels and the one-sample-per-item kernels call these on their rows.
+
+@helper
+def _lanes_moments(rows, shift, s1, s2):
+    """``s1[c] += sum(d)``, ``s2[c] += sum(d * d)`` over the rows, ``d = x - shift[c]`` in float64.
+
+    One row a pass: reading two rows in step halves the accumulators' traffic,
+    which is faster in cache but 1.7x slower from memory (the prefetchers).
+    """
+    for a in range(rows.shape[0]):
+        row = rows[a]
+        for c in range(row.shape[0]):
+            d = np.float64(row[c]) - shift[c]
+            s1[c] += d
+            s2[c] += d * d
+
+
+@helper
+def _lanes_apply(src_rows, dst_rows, m, s, t):
+    """``y = (x - m[c]) * s[c] + t[c]`` over the rows."""
+    for a in range(src_rows.shape[0]):
+        src, dst = src_rows[a], dst_rows[a]
+        for c in range(src.shape[0]):
+            dst[c] = (src[c] - m[c]) * s[c] + t[c]
+
+
+@helper
+def _lanes_grad_sums(x_rows, dy_rows, m, s1, s2):
+    """``s1[c] += sum(dy)``, ``s2[c] += sum(dy * (x - m[c]))`` over the rows, float64."""
+    for a in range(x_rows.shape[0]):
+        xs, gs = x_rows[a], dy_rows[a]
+        for c in range(xs.shape[0]):
+            s1[c] += gs[c]
+            s2[c] += gs[c] * (xs[c] - m[c])
+
+
+@helper
+def _lanes_dx(x_rows, dy_rows, dx_rows, m, s, p, q, r):
+    """``dx = s[c] * (p[c] * dy + q[c] * (x - m[c]) + r[c])`` over the rows."""
+    for a in range(x_rows.shape[0]):
+        xs, gs, dst = x_rows[a], dy_rows[a], dx_rows[a]
+        for c in range(xs.shape[0]):
+            dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
+
+
 # ----------------------------------------------------------------------------- statistics
 
 @kernel
@@ -75,14 +122,7 @@ def _moments_lanes(x3, per_item, mean, m2):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
         shift, s1, s2 = x3[o, a0], mean[o, k], m2[o, k]
-        # One row a pass: reading two rows in step halves the accumulators' traffic,
-        # which is faster in cache but 1.7x slower from memory (the prefetchers).
-        for a in range(a0, a1):
-            row = x3[o, a]
-            for c in range(C):
-                d = np.float64(row[c]) - shift[c]
-                s1[c] += d
-                s2[c] += d * d
+        _lanes_moments(x3[o, a0:a1], shift, s1, s2)
         for c in range(C):
             mean[o, k, c], m2[o, k, c] = shifted_moments(a1 - a0, shift[c], s1[c], s2[c])
 
@@ -168,11 +208,8 @@ def _apply_lanes(x3, y3, mean, scale, shift, per_item):
     K = (A + per_item - 1) // per_item
     for i in prange(O * K):
         o, k = i // K, i % K
-        m, s, t = mean[o], scale[o], shift[o]
-        for a in range(k * per_item, min(A, (k + 1) * per_item)):
-            src, dst = x3[o, a], y3[o, a]
-            for c in range(C):
-                dst[c] = (src[c] - m[c]) * s[c] + t[c]
+        a0, a1 = k * per_item, min(A, (k + 1) * per_item)
+        _lanes_apply(x3[o, a0:a1], y3[o, a0:a1], mean[o], scale[o], shift[o])
 
 
 def scale_shift(x4, mean, scale, shift, out=None):
@@ -187,6 +224,132 @@ def scale_shift(x4, mean, scale, shift, out=None):
     else:
         _apply_rows(x4, y4, m, s, t, work=x4.size)
     return y4
+
+
+# ----------------------------------------------------------------------------- one sample per work item
+
+# Channels-last instance / group norm with at least this many samples: one work
+# item per sample (statistics, then the normalization while the sample is in
+# cache), so the threads drift apart and one streams memory while the other
+# computes, instead of all of them computing, then all streaming.
+SAMPLE_ITEMS_FROM = 4
+
+
+@kernel
+def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var_out):
+    O, A, C = x3.shape
+    for o in prange(O):
+        xs, ys, mean, var = x3[o], y3[o], mean_out[o], var_out[o]
+        shift = xs[0]
+        s1 = np.zeros(C)
+        s2 = np.zeros(C)
+        _lanes_moments(xs, shift, s1, s2)
+        for c in range(C):
+            mean[c], m2 = shifted_moments(A, shift[c], s1[c], s2[c])
+            var[c] = m2 / A
+        _pool_group_moments(mean, var, group_size)
+        # y = (x - m_hi) * scale + (bias + (m_hi - mean) * scale), in the data's dtype
+        m_hi = np.empty(C, x3.dtype)
+        scale = np.empty(C, x3.dtype)
+        offset = np.empty(C, x3.dtype)
+        for c in range(C):
+            s = weight[c] / np.sqrt(var[c] + eps)
+            m_hi[c] = mean[c]
+            scale[c] = s
+            offset[c] = bias[c] + (np.float64(m_hi[c]) - mean[c]) * s
+        _lanes_apply(xs, ys, m_hi, scale, offset)
+
+
+@helper
+def _pool_group_moments(mean, var, group_size):
+    """In place: the mean and variance of each group of ``group_size`` consecutive channels (equal
+    counts, law of total variance), given to every channel of the group."""
+    if group_size == 1:
+        return
+    for g0 in range(0, mean.shape[0], group_size):
+        group_mean = 0.0
+        for c in range(g0, g0 + group_size):
+            group_mean += mean[c]
+        group_mean /= group_size
+        group_var = 0.0
+        for c in range(g0, g0 + group_size):
+            group_var += var[c] + (mean[c] - group_mean) ** 2
+        group_var /= group_size
+        for c in range(g0, g0 + group_size):
+            mean[c], var[c] = group_mean, group_var
+
+
+def normalize_per_sample(x4, eps, weight, bias, group_size=1):
+    """Instance (group) norm of channels-last ``x4`` (N, A, C, 1) with one work item per sample:
+    y4 and the float64 (N, C) mean and variance, pooled over groups of ``group_size`` channels."""
+    O, A, C, _ = x4.shape
+    y4 = outputs.empty_like(x4)
+    mean, var = np.empty((O, C)), np.empty((O, C))
+    w, b = _in_dtype(x4[:1], np.ones(C) if weight is None else weight, np.zeros(C) if bias is None else bias)
+    _normalize_sample_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), w[0], b[0], eps, group_size, mean, var,
+                            work=x4.size)
+    return y4, mean, var
+
+
+@kernel
+def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out, sum_dyx_out):
+    O, A, C = x3.shape
+    n = A * group_size  # values per statistic
+    for o in prange(O):
+        xs, gs, dst_s = x3[o], dy3[o], dx3[o]
+        m, rs, sum_dy, sum_dyx = mean[o], rstd[o], sum_dy_out[o], sum_dyx_out[o]
+        sum_dy[:] = 0.0
+        sum_dyx[:] = 0.0
+        _lanes_grad_sums(xs, gs, m, sum_dy, sum_dyx)
+        # dx = rstd * (w * dy - rstd * mean(g * xhat) * (x - mean) - mean(g)), g = w * dy; the means
+        # over each group's channels. In the data's dtype, with the mean rounded to it.
+        w_dy = np.empty(C)
+        w_dyx = np.empty(C)
+        for c in range(C):
+            w_dy[c] = weight[c] * sum_dy[c]
+            w_dyx[c] = weight[c] * sum_dyx[c]
+        _spread_sums(w_dy, group_size)
+        _spread_sums(w_dyx, group_size)
+        m_hi = np.empty(C, x3.dtype)
+        s = np.empty(C, x3.dtype)
+        p = np.empty(C, x3.dtype)
+        q = np.empty(C, x3.dtype)
+        r = np.empty(C, x3.dtype)
+        for c in range(C):
+            beta = -rs[c] * rs[c] * w_dyx[c] / n
+            m_hi[c] = m[c]
+            s[c] = rs[c]
+            p[c] = weight[c]
+            q[c] = beta
+            r[c] = -w_dy[c] / n + beta * (np.float64(m_hi[c]) - m[c])
+        _lanes_dx(xs, gs, dst_s, m_hi, s, p, q, r)
+
+
+@helper
+def _spread_sums(v, group_size):
+    """In place: each entry becomes the sum over its group of ``group_size`` consecutive entries."""
+    if group_size == 1:
+        return
+    for g0 in range(0, v.shape[0], group_size):
+        total = 0.0
+        for c in range(g0, g0 + group_size):
+            total += v[c]
+        for c in range(g0, g0 + group_size):
+            v[c] = total
+
+
+def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
+    """dx4 and the float64 (N, C) ``sum(dy)``, ``sum(dy * (x - mean))`` of :func:`normalize_per_sample`
+    (batch statistics), one work item per sample; ``mean``, ``rstd`` (N, C) float64, one per channel."""
+    O, A, C, _ = x4.shape
+    dx4 = outputs.empty_like(x4)
+    sum_dy, sum_dyx = np.empty((O, C)), np.empty((O, C))
+    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    shape = (O, A, C)
+    _sample_grads_lanes(x4.reshape(shape), dy4.reshape(shape), np.ascontiguousarray(mean),
+                        np.ascontiguousarray(rstd), w, group_size, dx4.reshape(shape), sum_dy, sum_dyx,
+                        work=x4.size)
+    return dx4, sum_dy, sum_dyx
 
 
 # ----------------------------------------------------------------------------- backward
@@ -215,12 +378,7 @@ def _grad_sums_lanes(x3, dy3, mean, per_item, sum_dy, sum_dyx):
     for i in prange(O * K):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        s1, s2, m = sum_dy[o, k], sum_dyx[o, k], mean[o]
-        for a in range(a0, a1):  # one row a pass, as in _moments_lanes
-            xs, gs = x3[o, a], dy3[o, a]
-            for c in range(C):
-                s1[c] += gs[c]
-                s2[c] += gs[c] * (xs[c] - m[c])
+        _lanes_grad_sums(x3[o, a0:a1], dy3[o, a0:a1], mean[o], sum_dy[o, k], sum_dyx[o, k])
 
 
 def grad_sums(x4, dy4, mean):
@@ -254,11 +412,8 @@ def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma, per_item):
     K = (A + per_item - 1) // per_item
     for i in prange(O * K):
         o, k = i // K, i % K
-        m, s, p, q, r = mean[o], rstd[o], alpha[o], beta[o], gamma[o]
-        for a in range(k * per_item, min(A, (k + 1) * per_item)):
-            xs, gs, dst = x3[o, a], dy3[o, a], dx3[o, a]
-            for c in range(C):
-                dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m[c]) + r[c])
+        a0, a1 = k * per_item, min(A, (k + 1) * per_item)
+        _lanes_dx(x3[o, a0:a1], dy3[o, a0:a1], dx3[o, a0:a1], mean[o], rstd[o], alpha[o], beta[o], gamma[o])
 
 
 def dx(x4, dy4, mean, rstd, alpha, beta, gamma, out=None):
