@@ -33,6 +33,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
     # one another at each barrier: a short GIL switch interval makes them hand over
     # about three times faster.
     sys.setswitchinterval(2e-4)
+    if os.environ.get("NUMBANORM_RECORD_KERNELS"):  # tests/test_cuda_ptx.py: which kernels ran, on what
+        import ptx_check
+        ptx_check.record(os.environ["NUMBANORM_RECORD_KERNELS"])
 
 
 def _cuda_available():

@@ -32,12 +32,13 @@ def _forward(x3, size, before, alpha_n, beta, k, y3, base3):
 def _terms(x3, dy3, base3, beta, t3):
     """``t = dy * x * base**(-beta - 1)``."""
     A, C, B = x3.shape
+    power = -beta - x3.dtype.type(1)  # a literal 1 would make it float64
     j0, r0 = cuda.grid(2)
     jstep, rstep = cuda.gridsize(2)
     for r in range(r0, A * C, rstep):
         a, c = r // C, r % C
         for b in range(j0, B, jstep):
-            t3[a, c, b] = dy3[a, c, b] * x3[a, c, b] * math.pow(base3[a, c, b], -beta - 1)
+            t3[a, c, b] = dy3[a, c, b] * x3[a, c, b] * math.pow(base3[a, c, b], power)
 
 
 @cuda.jit
