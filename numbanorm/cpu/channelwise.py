@@ -235,6 +235,34 @@ def scale_shift(x4, mean, scale, shift, out=None):
 SAMPLE_ITEMS_FROM = 4
 
 
+@helper
+def _spread_sums(v, group_size):
+    """In place: each entry becomes the sum over its group of ``group_size`` consecutive entries."""
+    if group_size == 1:
+        return
+    for g0 in range(0, v.shape[0], group_size):
+        total = 0.0
+        for c in range(g0, g0 + group_size):
+            total += v[c]
+        for c in range(g0, g0 + group_size):
+            v[c] = total
+
+
+@helper
+def _pool_group_moments(mean, var, group_size):
+    """In place: the mean and variance of each group of ``group_size`` consecutive channels (equal
+    counts, law of total variance), given to every channel of the group."""
+    if group_size == 1:
+        return
+    group_mean = mean.copy()
+    _spread_sums(group_mean, group_size)
+    group_mean /= group_size
+    var += (mean - group_mean) ** 2
+    _spread_sums(var, group_size)
+    var /= group_size
+    mean[:] = group_mean
+
+
 @kernel
 def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var_out):
     O, A, C = x3.shape
@@ -258,25 +286,6 @@ def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var
             scale[c] = s
             offset[c] = bias[c] + (np.float64(m_hi[c]) - mean[c]) * s
         _lanes_apply(xs, ys, m_hi, scale, offset)
-
-
-@helper
-def _pool_group_moments(mean, var, group_size):
-    """In place: the mean and variance of each group of ``group_size`` consecutive channels (equal
-    counts, law of total variance), given to every channel of the group."""
-    if group_size == 1:
-        return
-    for g0 in range(0, mean.shape[0], group_size):
-        group_mean = 0.0
-        for c in range(g0, g0 + group_size):
-            group_mean += mean[c]
-        group_mean /= group_size
-        group_var = 0.0
-        for c in range(g0, g0 + group_size):
-            group_var += var[c] + (mean[c] - group_mean) ** 2
-        group_var /= group_size
-        for c in range(g0, g0 + group_size):
-            mean[c], var[c] = group_mean, group_var
 
 
 def normalize_per_sample(x4, eps, weight, bias, group_size=1):
@@ -323,19 +332,6 @@ def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out
             q[c] = beta
             r[c] = -w_dy[c] / n + beta * (np.float64(m_hi[c]) - m[c])
         _lanes_dx(xs, gs, dst_s, m_hi, s, p, q, r)
-
-
-@helper
-def _spread_sums(v, group_size):
-    """In place: each entry becomes the sum over its group of ``group_size`` consecutive entries."""
-    if group_size == 1:
-        return
-    for g0 in range(0, v.shape[0], group_size):
-        total = 0.0
-        for c in range(g0, g0 + group_size):
-            total += v[c]
-        for c in range(g0, g0 + group_size):
-            v[c] = total
 
 
 def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
