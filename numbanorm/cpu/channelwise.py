@@ -121,7 +121,7 @@ def _moments_lanes(x3, per_item, mean, m2):
     for i in prange(O * K):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        shift, s1, s2 = x3[o, a0], mean[o, k], m2[o, k]
+        shift, s1, s2 = x3[o, a0].astype(np.float64), mean[o, k], m2[o, k]  # float64: no conversion per element
         _lanes_moments(x3[o, a0:a1], shift, s1, s2)
         for c in range(C):
             mean[o, k, c], m2[o, k, c] = shifted_moments(a1 - a0, shift[c], s1[c], s2[c])
@@ -268,7 +268,7 @@ def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var
     O, A, C = x3.shape
     for o in prange(O):
         xs, ys, mean, var = x3[o], y3[o], mean_out[o], var_out[o]
-        shift = xs[0]
+        shift = xs[0].astype(np.float64)
         s1 = np.zeros(C)
         s2 = np.zeros(C)
         _lanes_moments(xs, shift, s1, s2)
