@@ -78,7 +78,8 @@ def _lanes_apply(src_rows, dst_rows, m, s, t):
 
 @helper
 def _lanes_grad_sums(x_rows, dy_rows, m, s1, s2):
-    """``s1[c] += sum(dy)``, ``s2[c] += sum(dy * (x - m[c]))`` over the rows, float64."""
+    """``s1[c] += sum(dy)``, ``s2[c] += sum(dy * (x - m[c]))`` over the rows, added up in float64;
+    with ``m`` in the data's dtype each product is in it (float32: no conversion before the add)."""
     for a in range(x_rows.shape[0]):
         xs, gs = x_rows[a], dy_rows[a]
         for c in range(xs.shape[0]):
@@ -307,9 +308,14 @@ def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out
     for o in prange(O):
         xs, gs, dst_s = x3[o], dy3[o], dx3[o]
         m, rs, sum_dy, sum_dyx = mean[o], rstd[o], sum_dy_out[o], sum_dyx_out[o]
+        m_hi = np.empty(C, x3.dtype)  # the data's dtype: dy * (x - m_hi) needs no float64 per element
+        for c in range(C):
+            m_hi[c] = m[c]
         sum_dy[:] = 0.0
         sum_dyx[:] = 0.0
-        _lanes_grad_sums(xs, gs, m, sum_dy, sum_dyx)
+        _lanes_grad_sums(xs, gs, m_hi, sum_dy, sum_dyx)
+        for c in range(C):  # sum(dy * (x - m)) = sum(dy * (x - m_hi)) + (m_hi - m) * sum(dy)
+            sum_dyx[c] += (np.float64(m_hi[c]) - m[c]) * sum_dy[c]
         # dx = rstd * (w * dy - rstd * mean(g * xhat) * (x - mean) - mean(g)), g = w * dy; the means
         # over each group's channels. In the data's dtype, with the mean rounded to it.
         w_dy = np.empty(C)
@@ -319,14 +325,12 @@ def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out
             w_dyx[c] = weight[c] * sum_dyx[c]
         _spread_sums(w_dy, group_size)
         _spread_sums(w_dyx, group_size)
-        m_hi = np.empty(C, x3.dtype)
         s = np.empty(C, x3.dtype)
         p = np.empty(C, x3.dtype)
         q = np.empty(C, x3.dtype)
         r = np.empty(C, x3.dtype)
         for c in range(C):
             beta = -rs[c] * rs[c] * w_dyx[c] / n
-            m_hi[c] = m[c]
             s[c] = rs[c]
             p[c] = weight[c]
             q[c] = beta
@@ -384,10 +388,13 @@ def grad_sums(x4, dy4, mean):
     k = items(A, per_item)
     sum_dy, sum_dyx = scratch.zeros((O, k, C)), scratch.zeros((O, k, C))
     if B == 1:
-        _grad_sums_lanes(x4.reshape(O, A, C), dy4.reshape(O, A, C), mean, per_item, sum_dy, sum_dyx,
+        # The mean in the data's dtype (no float64 per element); its rounding error is added below.
+        m_hi, error = _rounded_mean(x4, mean)
+        _grad_sums_lanes(x4.reshape(O, A, C), dy4.reshape(O, A, C), m_hi, per_item, sum_dy, sum_dyx,
                          work=x4.size)
-    else:
-        _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx, work=x4.size)
+        total_dy = sum_dy.sum(axis=1)
+        return total_dy, sum_dyx.sum(axis=1) + error * total_dy
+    _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx, work=x4.size)
     return sum_dy.sum(axis=1), sum_dyx.sum(axis=1)
 
 
