@@ -44,33 +44,13 @@ SUM_BLOCK = 256
 
 
 @helper
-def dot_sums(xs, gs, ws, m):
-    """Float64 ``sum(g)`` and ``sum(g * (x - m))`` for ``g = gs * ws`` over a slice, by blocks
-    (``m`` in the data's dtype)."""
-    zero = cast_like(xs, 0.0)
-    sum_g = 0.0
-    sum_gx = 0.0
-    for j0 in range(0, xs.shape[0], SUM_BLOCK):
-        # Slices, so each block's loop runs from 0 and LLVM vectorises it.
-        xb, gb, wb = xs[j0:j0 + SUM_BLOCK], gs[j0:j0 + SUM_BLOCK], ws[j0:j0 + SUM_BLOCK]
-        block_g = zero
-        block_gx = zero
-        for j in range(xb.shape[0]):
-            g = gb[j] * wb[j]
-            block_g += g
-            block_gx += g * (xb[j] - m)
-        sum_g += block_g
-        sum_gx += block_gx
-    return sum_g, sum_gx
-
-
-@helper
 def dy_sums(xs, gs, m):
     """Float64 ``sum(dy)`` and ``sum(dy * (x - m))`` over a slice, by blocks (``m`` in the data's dtype)."""
     zero = cast_like(xs, 0.0)
     sum_dy = 0.0
     sum_dyx = 0.0
     for j0 in range(0, xs.shape[0], SUM_BLOCK):
+        # Slices, so each block's loop runs from 0 and LLVM vectorises it.
         xb, gb = xs[j0:j0 + SUM_BLOCK], gs[j0:j0 + SUM_BLOCK]
         block_dy = zero
         block_dyx = zero
