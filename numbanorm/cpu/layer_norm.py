@@ -6,7 +6,7 @@ CENTER = True
 
 
 def _kept_shape(shape, axes):
-    return tuple(s for i, s in enumerate(shape) if i not in axes)
+    return tuple([s for i, s in enumerate(shape) if i not in axes])
 
 
 def forward(x, p, center=CENTER):
