@@ -7,6 +7,7 @@ fixed number of items fixed by the shapes alone, and per-item partial sums are
 combined afterwards in a fixed order.
 """
 import contextlib
+import functools
 import importlib
 import math
 import os
@@ -112,6 +113,19 @@ def row_blocks(rows, length, width):
     blocks = max(1, min(64, items(rows, max(1, ITEM_ELEMENTS // max(length, 1))), (1 << 21) // max(width, 1)))
     rows_per_block = items(rows, blocks) or 1
     return rows_per_block, items(rows, rows_per_block)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(n, fill, dtype):
+    """A read-only vector standing in for an absent weight (ones) or bias (zeros)."""
+    a = np.full(n, fill, dtype)
+    a.flags.writeable = False
+    return a
+
+
+def param(a, n, fill, dtype):
+    """An affine parameter as a C-contiguous vector of ``n`` entries of ``dtype``; None gives ones or zeros."""
+    return _constant(n, fill, dtype) if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
 class OutputPool:

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from .._bench import last_level_cache
-from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, scratch
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, scratch
 from ._sums import dy_sums, shifted_moments, shifted_sums
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
@@ -148,6 +148,16 @@ def chan_merge(count, mean, m2):
     return n, mu, sq
 
 
+@helper
+def _merge_items(per_item, A, B, mean, m2):
+    """:func:`chan_merge` of the items of :func:`moments_m2`: ``per_item`` rows of ``B`` values each,
+    the last item what is left of ``A`` rows (counted here: numpy's calls cost more on small input)."""
+    count = np.empty(mean.shape[1])
+    for k in range(count.shape[0]):
+        count[k] = min(per_item, A - per_item * k) * B
+    return chan_merge(count, mean, m2)
+
+
 def moments(x4):
     """Count per (o, c) and the float64 mean and biased variance, shape (O, C), over axes 1 and 3."""
     n, mu, sq = moments_m2(x4)
@@ -168,8 +178,7 @@ def moments_m2(x4):
         _moments_lanes(x4.reshape(O, A, C), per_item, mean, m2, work=x4.size)
     else:
         _moments_rows(x4, per_item, mean, m2, work=x4.size)
-    count = np.minimum(per_item, A - per_item * np.arange(k)).astype(np.float64) * B
-    _, mu, sq = chan_merge(count, mean, m2)
+    _, mu, sq = _merge_items(per_item, A, B, mean, m2)
     return A * B, mu, sq
 
 
@@ -189,7 +198,12 @@ def _rounded_mean(x4, mean):
 def _in_dtype(x4, *coefficients):
     """Per-(o, c) coefficients as C-contiguous ``(O, C)`` arrays of the data's dtype."""
     shape = (x4.shape[0], x4.shape[2])
-    return [np.ascontiguousarray(np.broadcast_to(v, shape), dtype=x4.dtype) for v in coefficients]
+    out = []
+    for v in coefficients:
+        if np.shape(v) != shape:  # (broadcast_to costs microseconds: only when needed)
+            v = np.broadcast_to(v, shape)
+        out.append(np.ascontiguousarray(v, dtype=x4.dtype))
+    return out
 
 
 @kernel
@@ -213,18 +227,45 @@ def _apply_lanes(x3, y3, mean, scale, shift, per_item):
         _lanes_apply(x3[o, a0:a1], y3[o, a0:a1], mean[o], scale[o], shift[o])
 
 
+def apply(x4, mean, scale, shift, out=None):
+    """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` with ``(O, C)`` C-contiguous coefficients
+    in the data's dtype, into ``out`` when given."""
+    y4 = outputs.empty_like(x4) if out is None else out
+    O, A, C, B = x4.shape
+    if B == 1:
+        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), mean, scale, shift, rows_per_item(x4), work=x4.size)
+    else:
+        _apply_rows(x4, y4, mean, scale, shift, work=x4.size)
+    return y4
+
+
 def scale_shift(x4, mean, scale, shift, out=None):
     """``y = (x - mean[o, c]) * scale[o, c] + shift[o, c]`` (float64 coefficients, broadcast to (O, C)),
     into ``out`` when given."""
-    y4 = outputs.empty_like(x4) if out is None else out
-    O, A, C, B = x4.shape
     m, error = _rounded_mean(x4, mean)
     s, t = _in_dtype(x4, scale, shift + error * scale)
-    if B == 1:
-        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), m, s, t, rows_per_item(x4), work=x4.size)
-    else:
-        _apply_rows(x4, y4, m, s, t, work=x4.size)
-    return y4
+    return apply(x4, m, s, t, out)
+
+
+@helper
+def affine_terms(x4, mean, var, eps, weight, bias):
+    """For ``y = (x - mean) * rstd * weight + bias`` with float64 ``(O, C)`` statistics: the float64
+    ``rstd`` and, in the data's dtype, the ``(O, C)`` terms of :func:`apply` (the mean rounded,
+    its rounding error folded into the shift). One compiled call instead of a dozen NumPy ones.
+    """
+    O, C = mean.shape
+    rstd = np.empty((O, C))
+    m_hi = np.empty((O, C), x4.dtype)
+    scale = np.empty((O, C), x4.dtype)
+    shift = np.empty((O, C), x4.dtype)
+    for o in range(O):
+        for c in range(C):
+            r = 1.0 / np.sqrt(var[o, c] + eps)
+            s = r * weight[c]
+            m_hi[o, c] = mean[o, c]
+            rstd[o, c], scale[o, c] = r, s
+            shift[o, c] = bias[c] + (np.float64(m_hi[o, c]) - mean[o, c]) * s
+    return rstd, m_hi, scale, shift
 
 
 # ----------------------------------------------------------------------------- one sample per work item
@@ -262,6 +303,13 @@ def _pool_group_moments(mean, var, group_size):
     _spread_sums(var, group_size)
     var /= group_size
     mean[:] = group_mean
+
+
+@helper
+def pool_group_moments(mean, var, group_size):
+    """:func:`_pool_group_moments` for each row of ``(O, C)`` statistics, in place."""
+    for o in range(mean.shape[0]):
+        _pool_group_moments(mean[o], var[o], group_size)
 
 
 @kernel
@@ -316,25 +364,8 @@ def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out
         _lanes_grad_sums(xs, gs, m_hi, sum_dy, sum_dyx)
         for c in range(C):  # sum(dy * (x - m)) = sum(dy * (x - m_hi)) + (m_hi - m) * sum(dy)
             sum_dyx[c] += (np.float64(m_hi[c]) - m[c]) * sum_dy[c]
-        # dx = rstd * (w * dy - rstd * mean(g * xhat) * (x - mean) - mean(g)), g = w * dy; the means
-        # over each group's channels. In the data's dtype, with the mean rounded to it.
-        w_dy = np.empty(C)
-        w_dyx = np.empty(C)
-        for c in range(C):
-            w_dy[c] = weight[c] * sum_dy[c]
-            w_dyx[c] = weight[c] * sum_dyx[c]
-        _spread_sums(w_dy, group_size)
-        _spread_sums(w_dyx, group_size)
-        s = np.empty(C, x3.dtype)
-        p = np.empty(C, x3.dtype)
-        q = np.empty(C, x3.dtype)
-        r = np.empty(C, x3.dtype)
-        for c in range(C):
-            beta = -rs[c] * rs[c] * w_dyx[c] / n
-            s[c] = rs[c]
-            p[c] = weight[c]
-            q[c] = beta
-            r[c] = -w_dy[c] / n + beta * (np.float64(m_hi[c]) - m[c])
+        s, p, q, r = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
+        _dx_terms_into(m, rs, sum_dy, sum_dyx, n, weight, True, group_size, m_hi, s, p, q, r)
         _lanes_dx(xs, gs, dst_s, m_hi, s, p, q, r)
 
 
@@ -344,7 +375,7 @@ def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
     O, A, C, _ = x4.shape
     dx4 = outputs.empty_like(x4)
     sum_dy, sum_dyx = np.empty((O, C)), np.empty((O, C))
-    w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+    w = param(weight, C, 1.0, np.float64)
     shape = (O, A, C)
     _sample_grads_lanes(x4.reshape(shape), dy4.reshape(shape), np.ascontiguousarray(mean),
                         np.ascontiguousarray(rstd), w, group_size, dx4.reshape(shape), sum_dy, sum_dyx,
@@ -419,21 +450,61 @@ def _dx_lanes(x3, dy3, dx3, mean, rstd, alpha, beta, gamma, per_item):
         _lanes_dx(x3[o, a0:a1], dy3[o, a0:a1], dx3[o, a0:a1], mean[o], rstd[o], alpha[o], beta[o], gamma[o])
 
 
-def dx(x4, dy4, mean, rstd, alpha, beta, gamma, out=None):
-    """``dx = rstd * (alpha * dy + beta * (x - mean) + gamma)`` with per-(o, c) float64 coefficients.
+@helper
+def _dx_terms_into(mean, rstd, sum_dy, sum_dyx, n, weight, batch_stats, group_size, m_hi, s, p, q, r):
+    """One sample's terms of ``dx = s * (p * dy + q * (x - m_hi) + r)`` (see :func:`dx_terms`),
+    written into the data-dtype vectors ``m_hi, s, p, q, r``."""
+    C = mean.shape[0]
+    w_dy = np.empty(C)
+    w_dyx = np.empty(C)
+    for c in range(C):
+        w_dy[c] = weight[c] * sum_dy[c]
+        w_dyx[c] = weight[c] * sum_dyx[c]
+    _spread_sums(w_dy, group_size)
+    _spread_sums(w_dyx, group_size)
+    for c in range(C):
+        beta = -rstd[c] * rstd[c] * w_dyx[c] / n if batch_stats else 0.0   # -rstd * mean(g * xhat)
+        gamma = -w_dy[c] / n if batch_stats else 0.0                        # -mean(g)
+        m_hi[c] = mean[c]
+        s[c], p[c], q[c] = rstd[c], weight[c], beta
+        r[c] = gamma + beta * (np.float64(m_hi[c]) - mean[c])
 
-    rstd multiplies last: a product such as ``rstd * beta`` (about ``rstd**2``)
-    underflows float32 when x is of order 1e20, and fastmath may hoist any
-    product of per-channel constants out of the loop. Written into ``out`` when given.
+
+@helper
+def dx_terms(x4, mean, rstd, sum_dy, sum_dyx, n, weight, batch_stats, group_size):
+    """The data-dtype ``(O, C)`` terms ``(m_hi, s, p, q, r)`` of :func:`dx_apply` for the gradient of
+    ``y = (x - mean) * rstd * weight + bias``.
+
+    With ``g = weight * dy`` and ``n`` values per statistic, batch statistics give
+    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, i.e.
+    ``rstd * (weight * dy - rstd * mean(g * xhat) * (x - mean) - mean(g))``; frozen ones
+    ``dx = rstd * g``. ``sum_dy`` and ``sum_dyx = sum(dy * (x - mean))`` are float64 per
+    (o, c), summed over each group of ``group_size`` channels here; ``weight`` is a float64
+    vector. ``rstd`` multiplies last (``s``): a product such as ``rstd * q`` (about
+    ``rstd**2``) underflows float32 when x is of order 1e20. The mean is rounded to the
+    data's dtype and its rounding error folded into ``r``.
     """
+    O, C = mean.shape
+    m_hi = np.empty((O, C), x4.dtype)
+    s = np.empty((O, C), x4.dtype)
+    p = np.empty((O, C), x4.dtype)
+    q = np.empty((O, C), x4.dtype)
+    r = np.empty((O, C), x4.dtype)
+    for o in range(O):
+        _dx_terms_into(mean[o], rstd[o], sum_dy[o], sum_dyx[o], n, weight, batch_stats, group_size,
+                       m_hi[o], s[o], p[o], q[o], r[o])
+    return m_hi, s, p, q, r
+
+
+def dx_apply(x4, dy4, m_hi, s, p, q, r, out=None):
+    """``dx = s * (p * dy + q * (x - m_hi) + r)`` with the ``(O, C)`` terms of :func:`dx_terms`,
+    into ``out`` when given."""
     dx4 = outputs.empty_like(x4) if out is None else out
     O, A, C, B = x4.shape
-    m, error = _rounded_mean(x4, mean)
-    s, p, q, r = _in_dtype(x4, rstd, alpha, beta, gamma + beta * error)
     if B == 1:
         shape = (O, A, C)
-        _dx_lanes(x4.reshape(shape), dy4.reshape(shape), dx4.reshape(shape), m, s, p, q, r, rows_per_item(x4),
+        _dx_lanes(x4.reshape(shape), dy4.reshape(shape), dx4.reshape(shape), m_hi, s, p, q, r, rows_per_item(x4),
                   work=x4.size)
     else:
-        _dx_rows(x4, dy4, dx4, m, s, p, q, r, work=x4.size)
+        _dx_rows(x4, dy4, dx4, m_hi, s, p, q, r, work=x4.size)
     return dx4

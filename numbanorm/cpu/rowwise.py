@@ -13,12 +13,10 @@ float64 sums (:func:`._sums.shifted_moments`), then the output from the row,
 still in cache, in the data's dtype with the mean split into its rounded value
 and the rounding error, so large-mean float32 data keeps its precision.
 """
-import functools
-
 import numpy as np
 from numba import prange
 
-from ._kernel import cast_like, helper, kernel, outputs, row_blocks, row_helper, scratch
+from ._kernel import cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
 from ._sums import SUM_BLOCK, dy_sums, shifted_moments, shifted_sums
 
 
@@ -176,23 +174,11 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_
                 _flush(db_rows[k], db_part[k])
 
 
-@functools.lru_cache(maxsize=64)
-def _constant(n, fill, dtype):
-    """A read-only vector standing in for an absent weight (ones) or bias (zeros)."""
-    a = np.full(n, fill, dtype)
-    a.flags.writeable = False
-    return a
-
-
-def _params(a, n, fill, dtype):
-    return _constant(n, fill, dtype) if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
-
-
 def forward(x2, weight, bias, period, nseg, eps, center):
     """Normalize each row of ``x2``; returns ``y2`` and float64 ``mean``, ``rstd``, ``var`` per row."""
     R, L = x2.shape
-    w = _params(weight, period * nseg, 1.0, x2.dtype)
-    b = _params(bias, period * nseg, 0.0, x2.dtype)
+    w = param(weight, period * nseg, 1.0, x2.dtype)
+    b = param(bias, period * nseg, 0.0, x2.dtype)
     y2 = outputs.empty_like(x2)
     mean, rstd, var = np.empty(R), np.empty(R), np.empty(R)
     _forward(x2, y2, w, b, period, nseg, eps, center, mean, rstd, var, work=x2.size)
@@ -206,7 +192,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, need_dweight=Tru
     norm) is skipped and comes back empty.
     """
     R, L = x2.shape
-    w = _params(weight, period * nseg, 1.0, x2.dtype)
+    w = param(weight, period * nseg, 1.0, x2.dtype)
     rows_per_item, blocks = row_blocks(R, L, period * nseg)  # partial dweight/dbias per block
     # Zero-width float64 partials: the flush skips a per-element sum nobody asked for.
     width = lambda needed: period * nseg if needed or nseg != L else 0  # noqa: E731

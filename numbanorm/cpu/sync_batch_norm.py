@@ -3,8 +3,11 @@ the per-channel statistics primitive gives each rank's moments and gradient sums
 batch norm's eval path normalizes with the statistics of the whole batch, and
 ``dx`` takes the coefficients of batch norm's backward from the summed totals."""
 
+import numpy as np
+
 from .._host import channel_view, update_running  # noqa: F401  (the running average, on the host)
 from . import batch_norm, channelwise
+from ._kernel import param
 
 
 # Eval (running statistics): batch norm itself, with no communication.
@@ -35,8 +38,10 @@ def grads(state, cache, total_dy, total_dyx, count):
     (batch norm's coefficients); dweight and dbias are this rank's share."""
     p, s = cache.params, cache.saved
     dy4, sum_dy, sum_dyx = state
-    coefficients = batch_norm.dx_coefficients(total_dy[None], total_dyx[None], count, s["rstd"], p["weight"], True)
-    dx4 = channelwise.dx(s["x4"], dy4, s["mean"], s["rstd"], *coefficients)
+    C = total_dy.shape[0]
+    terms = channelwise.dx_terms(s["x4"], s["mean"], s["rstd"], total_dy[None], total_dyx[None], count,
+                                 param(p["weight"], C, 1.0, np.float64), True, 1)
+    dx4 = channelwise.dx_apply(s["x4"], dy4, *terms)
     dweight = None if p["weight"] is None else (sum_dyx * s["rstd"])[0]
     dbias = None if p["bias"] is None else sum_dy[0]
     return dx4.reshape(p["shape"]), dweight, dbias
