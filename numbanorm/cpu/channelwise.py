@@ -9,7 +9,9 @@ sample), ``A`` the spatial size and ``B = 1``.
 
 ``B > 1`` (channels-first): a work item is one channel of a block of rows, read
 as contiguous runs of ``B``. ``B == 1`` (channels-last): a work item is a block
-of rows with the loop over channels innermost, so it vectorises ("lanes").
+of rows with the loop over channels innermost, so it vectorises ("lanes"); with
+several samples (instance / group norm), a work item is a whole sample, forward
+or backward in one kernel (the last section).
 
 Statistics: each item sums the deviations ``d = x - s`` from a shift ``s`` it
 takes from its own data (its first row), and their squares, in float64, in one
@@ -268,121 +270,6 @@ def affine_terms(x4, mean, var, eps, weight, bias):
     return rstd, m_hi, scale, shift
 
 
-# ----------------------------------------------------------------------------- one sample per work item
-
-# Channels-last instance / group norm with at least this many samples: one work
-# item per sample (statistics, then the normalization while the sample is in
-# cache), so the threads drift apart and one streams memory while the other
-# computes, instead of all of them computing, then all streaming.
-SAMPLE_ITEMS_FROM = 4
-
-
-@helper
-def _spread_sums(v, group_size):
-    """In place: each entry becomes the sum over its group of ``group_size`` consecutive entries."""
-    if group_size == 1:
-        return
-    for g0 in range(0, v.shape[0], group_size):
-        total = 0.0
-        for c in range(g0, g0 + group_size):
-            total += v[c]
-        for c in range(g0, g0 + group_size):
-            v[c] = total
-
-
-@helper
-def _pool_group_moments(mean, var, group_size):
-    """In place: the mean and variance of each group of ``group_size`` consecutive channels (equal
-    counts, law of total variance), given to every channel of the group."""
-    if group_size == 1:
-        return
-    group_mean = mean.copy()
-    _spread_sums(group_mean, group_size)
-    group_mean /= group_size
-    var += (mean - group_mean) ** 2
-    _spread_sums(var, group_size)
-    var /= group_size
-    mean[:] = group_mean
-
-
-@helper
-def pool_group_moments(mean, var, group_size):
-    """:func:`_pool_group_moments` for each row of ``(O, C)`` statistics, in place."""
-    for o in range(mean.shape[0]):
-        _pool_group_moments(mean[o], var[o], group_size)
-
-
-@kernel
-def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var_out):
-    O, A, C = x3.shape
-    for o in prange(O):
-        xs, ys, mean, var = x3[o], y3[o], mean_out[o], var_out[o]
-        shift = xs[0].astype(np.float64)
-        s1 = np.zeros(C)
-        s2 = np.zeros(C)
-        _lanes_moments(xs, shift, s1, s2)
-        for c in range(C):
-            mean[c], m2 = shifted_moments(A, shift[c], s1[c], s2[c])
-            var[c] = m2 / A
-        _pool_group_moments(mean, var, group_size)
-        # y = (x - m_hi) * scale + (bias + (m_hi - mean) * scale), in the data's dtype
-        m_hi = np.empty(C, x3.dtype)
-        scale = np.empty(C, x3.dtype)
-        offset = np.empty(C, x3.dtype)
-        for c in range(C):
-            s = weight[c] / np.sqrt(var[c] + eps)
-            m_hi[c] = mean[c]
-            scale[c] = s
-            offset[c] = bias[c] + (np.float64(m_hi[c]) - mean[c]) * s
-        _lanes_apply(xs, ys, m_hi, scale, offset)
-
-
-def normalize_per_sample(x4, eps, weight, bias, group_size=1):
-    """Instance (group) norm of channels-last ``x4`` (N, A, C, 1) with one work item per sample:
-    y4 and the float64 (N, C) mean and variance, pooled over groups of ``group_size`` channels."""
-    O, A, C, _ = x4.shape
-    y4 = outputs.empty_like(x4)
-    mean, var = np.empty((O, C)), np.empty((O, C))
-    w, b = _in_dtype(x4[:1], np.ones(C) if weight is None else weight, np.zeros(C) if bias is None else bias)
-    _normalize_sample_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), w[0], b[0], eps, group_size, mean, var,
-                            work=x4.size)
-    return y4, mean, var
-
-
-@kernel
-def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out, sum_dyx_out):
-    O, A, C = x3.shape
-    n = A * group_size  # values per statistic
-    for o in prange(O):
-        xs, gs, dst_s = x3[o], dy3[o], dx3[o]
-        m, rs, sum_dy, sum_dyx = mean[o], rstd[o], sum_dy_out[o], sum_dyx_out[o]
-        m_hi = np.empty(C, x3.dtype)  # the data's dtype: dy * (x - m_hi) needs no float64 per element
-        for c in range(C):
-            m_hi[c] = m[c]
-        sum_dy[:] = 0.0
-        sum_dyx[:] = 0.0
-        _lanes_grad_sums(xs, gs, m_hi, sum_dy, sum_dyx)
-        for c in range(C):  # sum(dy * (x - m)) = sum(dy * (x - m_hi)) + (m_hi - m) * sum(dy)
-            sum_dyx[c] += (np.float64(m_hi[c]) - m[c]) * sum_dy[c]
-        s, p, q, r = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
-        _dx_terms_into(m, rs, sum_dy, sum_dyx, n, weight, True, group_size, m_hi, s, p, q, r)
-        _lanes_dx(xs, gs, dst_s, m_hi, s, p, q, r)
-
-
-def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
-    """dx4 and the float64 (N, C) ``sum(dy)``, ``sum(dy * (x - mean))`` of :func:`normalize_per_sample`
-    (batch statistics), one work item per sample; ``mean``, ``rstd`` (N, C) float64, one per channel."""
-    O, A, C, _ = x4.shape
-    dx4 = outputs.empty_like(x4)
-    sum_dy, sum_dyx = np.empty((O, C)), np.empty((O, C))
-    w = param(weight, C, 1.0, np.float64)
-    shape = (O, A, C)
-    _sample_grads_lanes(x4.reshape(shape), dy4.reshape(shape), np.ascontiguousarray(mean),
-                        np.ascontiguousarray(rstd), w, group_size, dx4.reshape(shape), sum_dy, sum_dyx,
-                        work=x4.size)
-    return dx4, sum_dy, sum_dyx
-
-
 # ----------------------------------------------------------------------------- backward
 
 @kernel
@@ -508,3 +395,118 @@ def dx_apply(x4, dy4, m_hi, s, p, q, r, out=None):
     else:
         _dx_rows(x4, dy4, dx4, m_hi, s, p, q, r, work=x4.size)
     return dx4
+
+
+# ----------------------------------------------------------------------------- one sample per work item
+
+# Channels-last instance / group norm with at least this many samples: one work
+# item per sample (statistics, then the normalization while the sample is in
+# cache), so the threads drift apart and one streams memory while the other
+# computes, instead of all of them computing, then all streaming.
+SAMPLE_ITEMS_FROM = 4
+
+
+@helper
+def _spread_sums(v, group_size):
+    """In place: each entry becomes the sum over its group of ``group_size`` consecutive entries."""
+    if group_size == 1:
+        return
+    for g0 in range(0, v.shape[0], group_size):
+        total = 0.0
+        for c in range(g0, g0 + group_size):
+            total += v[c]
+        for c in range(g0, g0 + group_size):
+            v[c] = total
+
+
+@helper
+def _pool_group_moments(mean, var, group_size):
+    """In place: the mean and variance of each group of ``group_size`` consecutive channels (equal
+    counts, law of total variance), given to every channel of the group."""
+    if group_size == 1:
+        return
+    group_mean = mean.copy()
+    _spread_sums(group_mean, group_size)
+    group_mean /= group_size
+    var += (mean - group_mean) ** 2
+    _spread_sums(var, group_size)
+    var /= group_size
+    mean[:] = group_mean
+
+
+@helper
+def pool_group_moments(mean, var, group_size):
+    """:func:`_pool_group_moments` for each row of ``(O, C)`` statistics, in place."""
+    for o in range(mean.shape[0]):
+        _pool_group_moments(mean[o], var[o], group_size)
+
+
+@kernel
+def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var_out):
+    O, A, C = x3.shape
+    for o in prange(O):
+        xs, ys, mean, var = x3[o], y3[o], mean_out[o], var_out[o]
+        shift = xs[0].astype(np.float64)
+        s1 = np.zeros(C)
+        s2 = np.zeros(C)
+        _lanes_moments(xs, shift, s1, s2)
+        for c in range(C):
+            mean[c], m2 = shifted_moments(A, shift[c], s1[c], s2[c])
+            var[c] = m2 / A
+        _pool_group_moments(mean, var, group_size)
+        # y = (x - m_hi) * scale + (bias + (m_hi - mean) * scale), in the data's dtype
+        m_hi = np.empty(C, x3.dtype)
+        scale = np.empty(C, x3.dtype)
+        offset = np.empty(C, x3.dtype)
+        for c in range(C):
+            s = weight[c] / np.sqrt(var[c] + eps)
+            m_hi[c] = mean[c]
+            scale[c] = s
+            offset[c] = bias[c] + (np.float64(m_hi[c]) - mean[c]) * s
+        _lanes_apply(xs, ys, m_hi, scale, offset)
+
+
+def normalize_per_sample(x4, eps, weight, bias, group_size=1):
+    """Instance (group) norm of channels-last ``x4`` (N, A, C, 1) with one work item per sample:
+    y4 and the float64 (N, C) mean and variance, pooled over groups of ``group_size`` channels."""
+    O, A, C, _ = x4.shape
+    y4 = outputs.empty_like(x4)
+    mean, var = np.empty((O, C)), np.empty((O, C))
+    w, b = _in_dtype(x4[:1], np.ones(C) if weight is None else weight, np.zeros(C) if bias is None else bias)
+    _normalize_sample_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), w[0], b[0], eps, group_size, mean, var,
+                            work=x4.size)
+    return y4, mean, var
+
+
+@kernel
+def _sample_grads_lanes(x3, dy3, mean, rstd, weight, group_size, dx3, sum_dy_out, sum_dyx_out):
+    O, A, C = x3.shape
+    n = A * group_size  # values per statistic
+    for o in prange(O):
+        xs, gs, dst_s = x3[o], dy3[o], dx3[o]
+        m, rs, sum_dy, sum_dyx = mean[o], rstd[o], sum_dy_out[o], sum_dyx_out[o]
+        m_hi = np.empty(C, x3.dtype)  # the data's dtype: dy * (x - m_hi) needs no float64 per element
+        for c in range(C):
+            m_hi[c] = m[c]
+        sum_dy[:] = 0.0
+        sum_dyx[:] = 0.0
+        _lanes_grad_sums(xs, gs, m_hi, sum_dy, sum_dyx)
+        for c in range(C):  # sum(dy * (x - m)) = sum(dy * (x - m_hi)) + (m_hi - m) * sum(dy)
+            sum_dyx[c] += (np.float64(m_hi[c]) - m[c]) * sum_dy[c]
+        s, p, q, r = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
+        _dx_terms_into(m, rs, sum_dy, sum_dyx, n, weight, True, group_size, m_hi, s, p, q, r)
+        _lanes_dx(xs, gs, dst_s, m_hi, s, p, q, r)
+
+
+def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
+    """dx4 and the float64 (N, C) ``sum(dy)``, ``sum(dy * (x - mean))`` of :func:`normalize_per_sample`
+    (batch statistics), one work item per sample; ``mean``, ``rstd`` (N, C) float64, one per channel."""
+    O, A, C, _ = x4.shape
+    dx4 = outputs.empty_like(x4)
+    sum_dy, sum_dyx = np.empty((O, C)), np.empty((O, C))
+    w = param(weight, C, 1.0, np.float64)
+    shape = (O, A, C)
+    _sample_grads_lanes(x4.reshape(shape), dy4.reshape(shape), np.ascontiguousarray(mean),
+                        np.ascontiguousarray(rstd), w, group_size, dx4.reshape(shape), sum_dy, sum_dyx,
+                        work=x4.size)
+    return dx4, sum_dy, sum_dyx
