@@ -250,6 +250,18 @@ def scale_shift(x4, mean, scale, shift, out=None):
 
 
 @helper
+def _affine_terms_into(mean, var, eps, weight, bias, rstd, m_hi, scale, shift):
+    """One sample's terms of :func:`affine_terms`, written into the vectors ``rstd`` (float64) and
+    ``m_hi, scale, shift`` (the data's dtype)."""
+    for c in range(mean.shape[0]):
+        r = 1.0 / np.sqrt(var[c] + eps)
+        s = r * weight[c]
+        m_hi[c] = mean[c]
+        rstd[c], scale[c] = r, s
+        shift[c] = bias[c] + (np.float64(m_hi[c]) - mean[c]) * s
+
+
+@helper
 def affine_terms(x4, mean, var, eps, weight, bias):
     """For ``y = (x - mean) * rstd * weight + bias`` with float64 ``(O, C)`` statistics: the float64
     ``rstd`` and, in the data's dtype, the ``(O, C)`` terms of :func:`apply` (the mean rounded,
@@ -261,12 +273,7 @@ def affine_terms(x4, mean, var, eps, weight, bias):
     scale = np.empty((O, C), x4.dtype)
     shift = np.empty((O, C), x4.dtype)
     for o in range(O):
-        for c in range(C):
-            r = 1.0 / np.sqrt(var[o, c] + eps)
-            s = r * weight[c]
-            m_hi[o, c] = mean[o, c]
-            rstd[o, c], scale[o, c] = r, s
-            shift[o, c] = bias[c] + (np.float64(m_hi[o, c]) - mean[o, c]) * s
+        _affine_terms_into(mean[o], var[o], eps, weight, bias, rstd[o], m_hi[o], scale[o], shift[o])
     return rstd, m_hi, scale, shift
 
 
@@ -454,16 +461,10 @@ def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var
             mean[c], m2 = shifted_moments(A, shift[c], s1[c], s2[c])
             var[c] = m2 / A
         _pool_group_moments(mean, var, group_size)
-        # y = (x - m_hi) * scale + (bias + (m_hi - mean) * scale), in the data's dtype
-        m_hi = np.empty(C, x3.dtype)
-        scale = np.empty(C, x3.dtype)
-        offset = np.empty(C, x3.dtype)
-        for c in range(C):
-            s = weight[c] / np.sqrt(var[c] + eps)
-            m_hi[c] = mean[c]
-            scale[c] = s
-            offset[c] = bias[c] + (np.float64(m_hi[c]) - mean[c]) * s
-        _lanes_apply(xs, ys, m_hi, scale, offset)
+        rstd = np.empty(C)
+        m_hi, scale, shift = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
+        _affine_terms_into(mean, var, eps, weight, bias, rstd, m_hi, scale, shift)
+        _lanes_apply(xs, ys, m_hi, scale, shift)
 
 
 def normalize_per_sample(x4, eps, weight, bias, group_size=1):
@@ -472,9 +473,8 @@ def normalize_per_sample(x4, eps, weight, bias, group_size=1):
     O, A, C, _ = x4.shape
     y4 = outputs.empty_like(x4)
     mean, var = np.empty((O, C)), np.empty((O, C))
-    w, b = _in_dtype(x4[:1], np.ones(C) if weight is None else weight, np.zeros(C) if bias is None else bias)
-    _normalize_sample_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), w[0], b[0], eps, group_size, mean, var,
-                            work=x4.size)
+    _normalize_sample_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), param(weight, C, 1.0, x4.dtype),
+                            param(bias, C, 0.0, x4.dtype), eps, group_size, mean, var, work=x4.size)
     return y4, mean, var
 
 
