@@ -69,7 +69,7 @@ def record(path):
 F64_ARITHMETIC = re.compile(r"^\s*(add|sub|mul|div|fma|rcp|sqrt|neg|abs|min|max)(\.[a-z]+)*\.f64\b", re.M)
 
 
-def _pretend_a_device(cc):
+def pretend_a_device(cc):
     """Let numba-cuda compile without a driver: kernels ask for the current device's
     compute capability when they compile the device functions they call."""
     from numba import cuda
@@ -122,7 +122,7 @@ def main(argv=None):
     cc = tuple(int(p) for p in args.cc.split("."))
     with open(args.record, "rb") as f:
         entries = pickle.load(f)
-    _pretend_a_device(cc)
+    pretend_a_device(cc)
     failures, float64_kernels, compiled = compile_all(entries, cc)
     never_run = sorted(defined_kernels() - {(module, name) for module, name, _ in entries})
     modules = sorted({module.rsplit(".", 1)[1] for module, _, _ in entries})
