@@ -13,7 +13,8 @@ CONFIGS = [  # shape, size, axis
     ((3, 5, 6), 2, -1),     # channels-last
     ((2, 3, 4, 2, 3), 7, 1),  # window wider than the channels, 5-D
     ((4, 16, 30, 30), 5, 1),  # parallel kernels
-    ((2, 37, 3, 5), 6, 1),    # more channels than a CPU backward work item's block: halos
+    ((2, 37, 3, 5), 6, 1),    # many more channels than the window: the CPU backward's ring turns over
+    ((1, 23, 24, 24), 11, 1),  # rows split between CPU work items; a window sum of three passes
 ]
 IDS = [f"{'x'.join(map(str, c[0]))}-size{c[1]}-axis{c[2]}" for c in CONFIGS]
 KW = dict(alpha=0.1, beta=0.75, k=2.0)

@@ -62,13 +62,14 @@ IR level), so a row does not pay a call that passes every array field by value."
 
 
 def cast_like(arr, value):
-    """``value`` converted to ``arr``'s dtype (inside kernels: a float64 statistic to float32)."""
+    """``value`` converted to the dtype of ``arr`` (an array or a scalar); inside kernels, e.g.
+    a float64 statistic to float32."""
     raise NotImplementedError("cast_like is only callable from compiled code")
 
 
 @overload(cast_like)
 def _cast_like(arr, value):
-    dtype = arr.dtype
+    dtype = getattr(arr, "dtype", arr)
     return lambda arr, value: dtype(value)
 
 

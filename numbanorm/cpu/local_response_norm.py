@@ -1,106 +1,155 @@
 """Local response normalization on the CPU, on the ``(A, C, B)`` channel view.
 
-The math is the reference's (numbanorm/reference/local_response_norm.py). In the
-forward one work item is one (a, c): its window of channels is summed as
-contiguous runs of ``B`` values (channels-first) and the result kept, as
-``base``, for the backward. The backward's work item is a block of channels of
-one ``a``, whose window terms stay in cache (one pass over memory, not two).
+The math is the reference's (numbanorm/reference/local_response_norm.py):
+``y_c = x_c * base_c**-beta`` with ``base_c = k + alpha/size * sum(x**2 over c's window)``.
+A work item is one ``a`` and a chunk of ``b``; it walks the channels in order, so
+each row of x crosses memory once and the rest of a window is still in cache.
+The backward recomputes ``base`` from x rather than reading it back: keeping it
+would cost the forward a third stream of memory traffic.
 """
 import numpy as np
 from numba import prange
 
 from .._host import channel_view
-from ._kernel import cast_like, kernel, outputs, row_helper
+from ._kernel import cast_like, items, kernel, outputs, row_helper
+
+# Rows one pass of a window sum reads; five is the window most networks use (AlexNet's).
+PASS_ROWS = 5
 
 
 @row_helper
-def _inverse_power(s, beta, out):
-    """``out = s ** -beta`` over a run. PyTorch's default beta 0.75 (and 0.5, 1) by square
-    roots, which vectorise; any other beta by a scalar ``pow`` per value."""
-    one = cast_like(s, 1.0)
+def _window_sum(rows, lo, hi, b0, square, zero, s):
+    """``s = sum(rows[c, b0:b0 + len(s)] over c in [lo, hi))``, squared first when ``square``.
+
+    Five rows a pass (a short pass reads the ``zero`` row instead), so a window of five
+    is one pass over ``s``, not five.
+    """
+    n = s.shape[0]
+    for c in range(lo, hi, PASS_ROWS):
+        r0 = rows[c, b0:b0 + n]
+        r1 = rows[c + 1, b0:b0 + n] if c + 1 < hi else zero
+        r2 = rows[c + 2, b0:b0 + n] if c + 2 < hi else zero
+        r3 = rows[c + 3, b0:b0 + n] if c + 3 < hi else zero
+        r4 = rows[c + 4, b0:b0 + n] if c + 4 < hi else zero
+        if square and c == lo:
+            for b in range(n):
+                s[b] = (r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b]
+        elif square:
+            for b in range(n):
+                s[b] += (r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b]
+        elif c == lo:
+            for b in range(n):
+                s[b] = (r0[b] + r1[b]) + (r2[b] + r3[b]) + r4[b]
+        else:
+            for b in range(n):
+                s[b] += (r0[b] + r1[b]) + (r2[b] + r3[b]) + r4[b]
+
+
+@row_helper
+def _inverse_power(v, beta):
+    """``v ** -beta``. PyTorch's default beta 0.75 (and 0.5, 1) by square roots and a
+    division, which vectorise; any other beta by a scalar ``pow``, 25x slower."""
+    one = cast_like(v, 1.0)
     if beta == 0.75:
-        for b in range(s.shape[0]):
-            root = np.sqrt(s[b])
-            out[b] = one / (root * np.sqrt(root))
+        root = np.sqrt(v)
+        return one / (root * np.sqrt(root))
+    if beta == 0.5:
+        return one / np.sqrt(v)
+    if beta == 1.0:
+        return one / v
+    return v ** cast_like(v, -beta)
+
+
+@row_helper
+def _inverse_powers(v, beta, out):
+    """``out = v ** -beta`` over a run; each fast case its own loop, so the loop vectorises."""
+    n = v.shape[0]
+    if beta == 0.75:
+        for b in range(n):
+            out[b] = _inverse_power(v[b], 0.75)
     elif beta == 0.5:
-        for b in range(s.shape[0]):
-            out[b] = one / np.sqrt(s[b])
+        for b in range(n):
+            out[b] = _inverse_power(v[b], 0.5)
     elif beta == 1.0:
-        for b in range(s.shape[0]):
-            out[b] = one / s[b]
+        for b in range(n):
+            out[b] = _inverse_power(v[b], 1.0)
     else:
-        power = cast_like(s, -beta)
-        for b in range(s.shape[0]):
-            out[b] = s[b] ** power
+        for b in range(n):
+            out[b] = _inverse_power(v[b], beta)
+
+
+def _chunk(A, B):
+    """Columns a work item covers: whole rows when there are enough ``a`` to share out,
+    else a split of each row (at least 256 columns, to keep the rows' runs long)."""
+    splits = max(1, min(items(16, A), B // 256))
+    return max(1, items(B, splits))
 
 
 @kernel
-def _forward(x3, size, before, alpha_n, beta, k, y3, base3):
+def _forward(x3, size, before, alpha_n, beta, k, chunk, y3):
     A, C, B = x3.shape
     alpha_n, k = cast_like(x3, alpha_n), cast_like(x3, k)
-    for i in prange(A * C):
-        a, c = i // C, i % C
-        base, dst, src = base3[a, c], y3[a, c], x3[a, c]
-        for b in range(B):
-            base[b] = 0.0
-        for cc in range(max(0, c - before), min(C, c - before + size)):
-            other = x3[a, cc]
-            for b in range(B):
-                base[b] += other[b] * other[b]
-        for b in range(B):
-            base[b] = k + alpha_n * base[b]
-        _inverse_power(base, beta, dst)
-        for b in range(B):
-            dst[b] *= src[b]
-
-
-# Channels a backward work item produces: its window terms are computed once for them
-# and for the size - 1 channels around them, in a buffer that stays in cache.
-CHANNEL_BLOCK = 16
+    chunks = (B + chunk - 1) // chunk
+    for i in prange(A * chunks):
+        a, b0 = i // chunks, (i % chunks) * chunk
+        n = min(chunk, B - b0)
+        s, zero = np.empty(n, x3.dtype), np.zeros(n, x3.dtype)
+        xa = x3[a]
+        for c in range(C):
+            x, y = xa[c, b0:b0 + n], y3[a, c, b0:b0 + n]
+            _window_sum(xa, max(0, c - before), min(C, c - before + size), b0, True, zero, s)
+            for b in range(n):
+                y[b] = x[b] * _inverse_power(k + alpha_n * s[b], beta)
 
 
 @kernel
-def _backward(x3, dy3, base3, size, before, coef, beta, dx3):
-    """``dx_c = dy_c * base_c**-beta - coef * x_c * sum(t over the channels whose window holds c)``
-    with ``t = dy * x * base**(-beta - 1)``; a work item is a block of channels of one ``a``, its
-    ``t`` (the block and its halo) computed into a local buffer, not a full-size temporary."""
+def _backward(x3, dy3, size, before, alpha_n, beta, k, coef, chunk, dx3):
+    """``dx_c = dy_c * base_c**-beta - coef * x_c * sum(t over the channels whose window holds c)``,
+    ``t = dy * x * base**(-beta - 1)``. Walking the channels, the item keeps ``t`` of the last
+    ``size`` channels in a ring: at channel ``cc`` it has all the terms of channel ``cc - before``."""
     A, C, B = x3.shape
-    after = size - 1 - before
-    coef = cast_like(x3, coef)
-    blocks = (C + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    for i in prange(A * blocks):
-        a, c0 = i // blocks, (i % blocks) * CHANNEL_BLOCK
-        c1 = min(C, c0 + CHANNEL_BLOCK)
-        t0, t1 = max(0, c0 - after), min(C, c1 + before)  # the channels whose t the block needs
-        t = np.empty((t1 - t0, B), x3.dtype)
-        for cc in range(t0, t1):
-            x, g, s, tc = x3[a, cc], dy3[a, cc], base3[a, cc], t[cc - t0]
-            _inverse_power(s, beta, tc)
-            for b in range(B):
-                tc[b] = g[b] * x[b] * tc[b] / s[b]
-        for c in range(c0, c1):
-            x, g, dst = x3[a, c], dy3[a, c], dx3[a, c]
-            _inverse_power(base3[a, c], beta, dst)
-            for b in range(B):
-                dst[b] *= g[b]
-            for cc in range(max(0, c - after), min(C, c + before + 1)):
-                tc = t[cc - t0]
-                for b in range(B):
-                    dst[b] -= coef * x[b] * tc[b]
+    alpha_n, k, coef = cast_like(x3, alpha_n), cast_like(x3, k), cast_like(x3, coef)
+    chunks = (B + chunk - 1) // chunk
+    for i in prange(A * chunks):
+        a, b0 = i // chunks, (i % chunks) * chunk
+        n = min(chunk, B - b0)
+        s, zero = np.empty(n, x3.dtype), np.zeros(n, x3.dtype)
+        ring = np.zeros((size, n), x3.dtype)  # t of channels cc - size + 1 .. cc; zero outside [0, C)
+        xa, ga = x3[a], dy3[a]
+        for cc in range(C + before):
+            t = ring[cc % size]
+            if cc < C:
+                x, g, dx = xa[cc, b0:b0 + n], ga[cc, b0:b0 + n], dx3[a, cc, b0:b0 + n]
+                _window_sum(xa, max(0, cc - before), min(C, cc - before + size), b0, True, zero, s)
+                for b in range(n):
+                    s[b] = k + alpha_n * s[b]
+                _inverse_powers(s, beta, dx)
+                for b in range(n):
+                    t[b] = g[b] * x[b] * dx[b] / s[b]
+                    dx[b] *= g[b]  # the first term; the window's follows `before` channels later
+            else:
+                for b in range(n):
+                    t[b] = 0.0
+            c = cc - before
+            if c >= 0:
+                x, dx = xa[c, b0:b0 + n], dx3[a, c, b0:b0 + n]
+                _window_sum(ring, 0, size, 0, False, zero, s)
+                for b in range(n):
+                    dx[b] -= coef * x[b] * s[b]
 
 
 def forward(x, p):
     x3 = channel_view(x, p.axis)
-    y3, base3 = outputs.empty_like(x3), outputs.empty_like(x3)
-    _forward(x3, p.size, p.size // 2, p.alpha / p.size, p.beta, p.k, y3, base3, work=x3.size * p.size)
-    return y3.reshape(x.shape), None, None, {"x3": x3, "base3": base3}
+    y3 = outputs.empty_like(x3)
+    _forward(x3, p.size, p.size // 2, p.alpha / p.size, p.beta, p.k, _chunk(*x3.shape[::2]), y3,
+             work=x3.size * p.size)
+    return y3.reshape(x.shape), None, None, {"x3": x3}
 
 
 def backward(dy, cache):
-    p, s = cache.params, cache.saved
-    x3, base3 = s["x3"], s["base3"]
+    p, x3 = cache.params, cache.saved["x3"]
     dy3 = channel_view(dy, p["axis"])
     dx3 = outputs.empty_like(x3)
-    _backward(x3, dy3, base3, p["size"], p["size"] // 2, 2.0 * p["alpha"] * p["beta"] / p["size"], p["beta"],
-              dx3, work=x3.size * p["size"])
+    _backward(x3, dy3, p["size"], p["size"] // 2, p["alpha"] / p["size"], p["beta"], p["k"],
+              2.0 * p["alpha"] * p["beta"] / p["size"], _chunk(*x3.shape[::2]), dx3, work=x3.size * p["size"])
     return (dx3.reshape(dy.shape),)
