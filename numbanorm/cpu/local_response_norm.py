@@ -61,21 +61,22 @@ def _inverse_power(v, beta):
 
 
 @row_helper
-def _inverse_powers(v, beta, out):
-    """``out = v ** -beta`` over a run; each fast case its own loop, so the loop vectorises."""
-    n = v.shape[0]
+def _inverse_powers(s, k, alpha_n, beta, out):
+    """``out = (k + alpha_n * s) ** -beta`` over a run; each fast case its own loop, so that
+    the loop vectorises."""
+    n = s.shape[0]
     if beta == 0.75:
         for b in range(n):
-            out[b] = _inverse_power(v[b], 0.75)
+            out[b] = _inverse_power(k + alpha_n * s[b], 0.75)
     elif beta == 0.5:
         for b in range(n):
-            out[b] = _inverse_power(v[b], 0.5)
+            out[b] = _inverse_power(k + alpha_n * s[b], 0.5)
     elif beta == 1.0:
         for b in range(n):
-            out[b] = _inverse_power(v[b], 1.0)
+            out[b] = _inverse_power(k + alpha_n * s[b], 1.0)
     else:
         for b in range(n):
-            out[b] = _inverse_power(v[b], beta)
+            out[b] = _inverse_power(k + alpha_n * s[b], beta)
 
 
 def _chunk(A, B):
@@ -121,11 +122,9 @@ def _backward(x3, dy3, size, before, alpha_n, beta, k, coef, chunk, dx3):
             if cc < C:
                 x, g, dx = xa[cc, b0:b0 + n], ga[cc, b0:b0 + n], dx3[a, cc, b0:b0 + n]
                 _window_sum(xa, max(0, cc - before), min(C, cc - before + size), b0, True, zero, s)
+                _inverse_powers(s, k, alpha_n, beta, dx)
                 for b in range(n):
-                    s[b] = k + alpha_n * s[b]
-                _inverse_powers(s, beta, dx)
-                for b in range(n):
-                    t[b] = g[b] * x[b] * dx[b] / s[b]
+                    t[b] = g[b] * x[b] * dx[b] / (k + alpha_n * s[b])
                     dx[b] *= g[b]  # the first term; the window's follows `before` channels later
             else:
                 for b in range(n):
