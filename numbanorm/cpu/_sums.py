@@ -42,6 +42,11 @@ def shifted_sums(values, shift):
 # (a few float32 ulps of the block's magnitude) to stay far below the tolerances.
 SUM_BLOCK = 256
 
+# Rows whose per-entry sums (a dweight's, a channels-last gradient's) a work item adds
+# up in the data's dtype before they join its float64 partial sums: few enough for the
+# rounding to stay far below the tolerances.
+FLUSH_ROWS = 8
+
 
 @helper
 def dy_sums(xs, gs, m):

@@ -25,7 +25,7 @@ from numba import prange
 
 from .._bench import last_level_cache
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, scratch
-from ._sums import dy_sums, shifted_moments, shifted_sums
+from ._sums import FLUSH_ROWS, dy_sums, shifted_moments, shifted_sums
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
 # cache when a second pass reads it (half the cache: the other half is for the
@@ -80,13 +80,22 @@ def _lanes_apply(src_rows, dst_rows, m, s, t):
 
 @helper
 def _lanes_grad_sums(x_rows, dy_rows, m, s1, s2):
-    """``s1[c] += sum(dy)``, ``s2[c] += sum(dy * (x - m[c]))`` over the rows, added up in float64;
-    with ``m`` in the data's dtype each product is in it (float32: no conversion before the add)."""
-    for a in range(x_rows.shape[0]):
+    """``s1[c] += sum(dy)``, ``s2[c] += sum(dy * (x - m[c]))`` over the rows. With ``m`` in the
+    data's dtype each product is in it; :data:`FLUSH_ROWS` rows are added up in the data's dtype
+    too, then joined to the float64 sums (float64 lanes per element cost 18% of the time)."""
+    A, C = x_rows.shape
+    block_dy, block_dyx = np.zeros(C, x_rows.dtype), np.zeros(C, x_rows.dtype)
+    for a in range(A):
         xs, gs = x_rows[a], dy_rows[a]
-        for c in range(xs.shape[0]):
-            s1[c] += gs[c]
-            s2[c] += gs[c] * (xs[c] - m[c])
+        for c in range(C):
+            block_dy[c] += gs[c]
+            block_dyx[c] += gs[c] * (xs[c] - m[c])
+        if a % FLUSH_ROWS == FLUSH_ROWS - 1 or a == A - 1:
+            for c in range(C):
+                s1[c] += block_dy[c]
+                s2[c] += block_dyx[c]
+                block_dy[c] = 0.0
+                block_dyx[c] = 0.0
 
 
 @helper

@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from ._kernel import cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
-from ._sums import SUM_BLOCK, dy_sums, shifted_moments, shifted_sums
+from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, shifted_moments, shifted_sums
 
 
 @helper
@@ -75,11 +75,6 @@ def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, v
 def _forward(x, y, w, b, period, nseg, eps, center, mean_out, rstd_out, var_out):
     for r in prange(x.shape[0]):
         _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out)
-
-
-# Rows whose dweight/dbias terms a block adds up in the data's dtype before they join
-# its float64 partial sums: few enough for the rounding to stay far below the tolerances.
-FLUSH_ROWS = 8
 
 
 @helper
