@@ -69,6 +69,8 @@ def _one_axis(axis, ndim, name):
 
 def axes(axis, ndim, name="axis"):
     """Normalize an int or tuple of axes to a sorted tuple of distinct non-negative axes."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the common call, without the general checks
+        return (axis % ndim,)
     items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     if not items:
         raise ValueError(f"{name} must name at least one axis")
