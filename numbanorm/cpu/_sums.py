@@ -49,6 +49,14 @@ FLUSH_ROWS = 8
 
 
 @helper
+def flush(rows, acc):
+    """``acc += rows`` (float64 from the data's dtype; skipped for a zero-width ``acc``), then ``rows = 0``."""
+    for j in range(acc.shape[0]):
+        acc[j] += rows[j]
+    rows[:] = 0
+
+
+@helper
 def dy_sums(xs, gs, m):
     """Float64 ``sum(dy)`` and ``sum(dy * (x - m))`` over a slice, by blocks (``m`` in the data's dtype)."""
     zero = cast_like(xs, 0.0)

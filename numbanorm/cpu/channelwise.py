@@ -25,7 +25,7 @@ from numba import prange
 
 from .._bench import last_level_cache
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, scratch
-from ._sums import FLUSH_ROWS, dy_sums, shifted_moments, shifted_sums
+from ._sums import FLUSH_ROWS, dy_sums, flush, shifted_moments, shifted_sums
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
 # cache when a second pass reads it (half the cache: the other half is for the
@@ -91,11 +91,8 @@ def _lanes_grad_sums(x_rows, dy_rows, m, s1, s2):
             block_dy[c] += gs[c]
             block_dyx[c] += gs[c] * (xs[c] - m[c])
         if a % FLUSH_ROWS == FLUSH_ROWS - 1 or a == A - 1:
-            for c in range(C):
-                s1[c] += block_dy[c]
-                s2[c] += block_dyx[c]
-                block_dy[c] = 0.0
-                block_dyx[c] = 0.0
+            flush(block_dy, s1)
+            flush(block_dyx, s2)
 
 
 @helper

@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from ._kernel import cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
-from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, shifted_moments, shifted_sums
+from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, flush, shifted_moments, shifted_sums
 
 
 @helper
@@ -148,14 +148,6 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
                 dst[j] = rs * (gs[j] * wq - mean_g - xhat * mean_gx)
 
 
-@helper
-def _flush(rows, acc):
-    """``acc += rows`` (float64 from the data's dtype; skipped for a zero-width ``acc``), then ``rows = 0``."""
-    for j in range(acc.shape[0]):
-        acc[j] += rows[j]
-    rows[:] = 0
-
-
 @kernel
 def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part, dw_rows, db_rows):
     R = x.shape[0]
@@ -165,8 +157,8 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_
             _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_part[k], db_part[k],
                           dw_rows[k], db_rows[k])
             if dw_rows.shape[1] and ((r - start) % FLUSH_ROWS == FLUSH_ROWS - 1 or r == end - 1):
-                _flush(dw_rows[k], dw_part[k])
-                _flush(db_rows[k], db_part[k])
+                flush(dw_rows[k], dw_part[k])
+                flush(db_rows[k], db_part[k])
 
 
 def forward(x2, weight, bias, period, nseg, eps, center):
