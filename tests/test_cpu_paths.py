@@ -58,3 +58,39 @@ def test_channels_last_chunks_match_reference(op, args, monkeypatch):
     for g, g_whole, g_ref in zip(grads, whole_grads, backward(dy, cache_ref)):
         np.testing.assert_allclose(g, g_whole, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+STREAM_CASES = [
+    ("layer_norm", (67, 131), (), {}),                 # rows not 64-byte aligned: head, body, tail
+    ("rms_norm", (4097, 33), (), {}),                  # parallel
+    ("group_norm", (6, 4, 5, 7), (2,), {}),            # a weight per segment of a row
+    ("instance_norm", (3, 5, 9, 13), (), {}),
+    ("instance_norm", (2, 3, 2, 5), (), {}),            # rows of 10: no aligned body
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op, shape, args, kw", STREAM_CASES,
+                         ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}" for c in STREAM_CASES])
+def test_streamed_outputs_match_plain(op, shape, args, kw, dtype, monkeypatch):
+    """Row-wise outputs larger than the cache are computed into a buffer and written with
+    streaming stores (cpu/_stream.py): the same values, bit for bit, as plain stores."""
+    from numbanorm.cpu import _stream
+    rng = np.random.default_rng(9)
+    x, dy = (rng.standard_normal(shape) * 2 + 5).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    params = {} if op in ("layer_norm", "rms_norm") else {"weight": rng.standard_normal(shape[1]).astype(dtype)}
+    forward, backward = getattr(nbn, op + "_forward"), getattr(nbn, op + "_backward")
+
+    def run():
+        y, cache = forward(x, *args, backend="cpu", **params, **kw)
+        return [np.array(a) for a in (y, *backward(dy, cache))]
+
+    plain = run()
+    monkeypatch.setattr(_stream, "STREAM_FROM_BYTES", 0)
+    assert _stream.streams(x)
+    streamed = run()
+    for p, s in zip(plain, streamed):
+        np.testing.assert_array_equal(s, p)
+    y_ref = forward(x.astype(np.float64), *args, backend="numpy", **{k: v.astype(np.float64) for k, v in params.items()},
+                    **kw)[0]
+    np.testing.assert_allclose(streamed[0], y_ref, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-4)

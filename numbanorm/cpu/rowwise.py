@@ -16,7 +16,8 @@ and the rounding error, so large-mean float32 data keeps its precision.
 import numpy as np
 from numba import prange
 
-from ._kernel import cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
+from ._stream import store_fence, stream_row, streams
 from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, flush, shifted_moments, shifted_sums
 
 
@@ -50,10 +51,11 @@ def _xhat_terms(row, mean, rstd):
 
 
 @row_helper
-def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out):
+def _row_forward(x, out, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out):
+    """Row ``r`` of x normalized into the vector ``out``; its statistics into ``*_out[r]``."""
     L = x.shape[1]
     seg = L // nseg
-    row, out = x[r], y[r]
+    row = x[r]
     mean, var, rstd = _row_stats(row, center, eps)
     mean_out[r], rstd_out[r], var_out[r] = mean, rstd, var
     m, rs, lo = _xhat_terms(row, mean, rstd)
@@ -72,9 +74,19 @@ def _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, v
 
 
 @kernel
-def _forward(x, y, w, b, period, nseg, eps, center, mean_out, rstd_out, var_out):
-    for r in prange(x.shape[0]):
-        _row_forward(x, y, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out)
+def _forward(x, y, w, b, period, nseg, eps, center, rows_per_item, stream, mean_out, rstd_out, var_out):
+    R, L = x.shape
+    for k in prange((R + rows_per_item - 1) // rows_per_item):
+        rows = range(k * rows_per_item, min(R, (k + 1) * rows_per_item))
+        if stream:
+            buffer = np.empty(L, x.dtype)  # each row is computed here, in L1, then streamed out
+            for r in rows:
+                _row_forward(x, buffer, w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out)
+                stream_row(buffer, y[r])
+            store_fence()
+        else:
+            for r in rows:
+                _row_forward(x, y[r], w, b, period, nseg, eps, center, r, mean_out, rstd_out, var_out)
 
 
 @helper
@@ -168,7 +180,9 @@ def forward(x2, weight, bias, period, nseg, eps, center):
     b = param(bias, period * nseg, 0.0, x2.dtype)
     y2 = outputs.empty_like(x2)
     mean, rstd, var = np.empty(R), np.empty(R), np.empty(R)
-    _forward(x2, y2, w, b, period, nseg, eps, center, mean, rstd, var, work=x2.size)
+    stream = streams(y2) and L <= ITEM_ELEMENTS  # (a row's buffer stays in L2)
+    _forward(x2, y2, w, b, period, nseg, eps, center, max(1, ITEM_ELEMENTS // max(L, 1)), stream, mean, rstd, var,
+             work=x2.size)
     return y2, mean, rstd, var
 
 
