@@ -46,37 +46,47 @@ def _window_sum(rows, lo, hi, b0, square, zero, s):
 
 
 @row_helper
-def _inverse_power(v, beta):
-    """``v ** -beta``. PyTorch's default beta 0.75 (and 0.5, 1) by square roots and a
-    division, which vectorise; any other beta by a scalar ``pow``, 25x slower."""
+def _inverse_powers(v, beta):
+    """``(v ** -beta, v ** (-beta - 1))``. PyTorch's default beta 0.75 (and 0.5, 1) from
+    ``q = 1 / sqrt(v)`` (an estimate and a Newton step for float32: no division) and one
+    square root, which vectorise; any other beta by a scalar ``pow``, 25x slower."""
     one = cast_like(v, 1.0)
     if beta == 0.75:
-        root = np.sqrt(v)
-        return one / (root * np.sqrt(root))
+        q = one / np.sqrt(v)
+        power = q * np.sqrt(q)
+        return power, power * q * q
     if beta == 0.5:
-        return one / np.sqrt(v)
+        q = one / np.sqrt(v)
+        return q, q * q * q
     if beta == 1.0:
-        return one / v
-    return v ** cast_like(v, -beta)
+        r = one / v
+        return r, r * r
+    power = v ** cast_like(v, -beta)
+    return power, power / v
 
 
 @row_helper
-def _inverse_powers(s, k, alpha_n, beta, out):
-    """``out = (k + alpha_n * s) ** -beta`` over a run; each fast case its own loop, so that
-    the loop vectorises."""
+def _first_terms(s, x, g, k, alpha_n, beta, dx, t):
+    """Over a run of one channel: ``dx = dy * base**-beta`` (the first term of dx) and
+    ``t = dy * x * base**(-beta - 1)``, ``base = k + alpha_n * s``. Each fast beta its own
+    loop, so that the loop vectorises (a runtime beta inside it stops LLVM)."""
     n = s.shape[0]
     if beta == 0.75:
         for b in range(n):
-            out[b] = _inverse_power(k + alpha_n * s[b], 0.75)
+            power, power1 = _inverse_powers(k + alpha_n * s[b], 0.75)
+            dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
     elif beta == 0.5:
         for b in range(n):
-            out[b] = _inverse_power(k + alpha_n * s[b], 0.5)
+            power, power1 = _inverse_powers(k + alpha_n * s[b], 0.5)
+            dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
     elif beta == 1.0:
         for b in range(n):
-            out[b] = _inverse_power(k + alpha_n * s[b], 1.0)
+            power, power1 = _inverse_powers(k + alpha_n * s[b], 1.0)
+            dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
     else:
         for b in range(n):
-            out[b] = _inverse_power(k + alpha_n * s[b], beta)
+            power, power1 = _inverse_powers(k + alpha_n * s[b], beta)
+            dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
 
 
 def _chunk(A, B):
@@ -100,7 +110,7 @@ def _forward(x3, size, before, alpha_n, beta, k, chunk, y3):
             x, y = xa[c, b0:b0 + n], y3[a, c, b0:b0 + n]
             _window_sum(xa, max(0, c - before), min(C, c - before + size), b0, True, zero, s)
             for b in range(n):
-                y[b] = x[b] * _inverse_power(k + alpha_n * s[b], beta)
+                y[b] = x[b] * _inverse_powers(k + alpha_n * s[b], beta)[0]
 
 
 @kernel
@@ -122,10 +132,7 @@ def _backward(x3, dy3, size, before, alpha_n, beta, k, coef, chunk, dx3):
             if cc < C:
                 x, g, dx = xa[cc, b0:b0 + n], ga[cc, b0:b0 + n], dx3[a, cc, b0:b0 + n]
                 _window_sum(xa, max(0, cc - before), min(C, cc - before + size), b0, True, zero, s)
-                _inverse_powers(s, k, alpha_n, beta, dx)
-                for b in range(n):
-                    t[b] = g[b] * x[b] * dx[b] / (k + alpha_n * s[b])
-                    dx[b] *= g[b]  # the first term; the window's follows `before` channels later
+                _first_terms(s, x, g, k, alpha_n, beta, dx, t)  # the window's term follows `before` channels later
             else:
                 for b in range(n):
                     t[b] = 0.0
