@@ -18,6 +18,17 @@ PASS_ROWS = 5
 
 
 @row_helper
+def _pass_rows(rows, c, hi, b0, n, zero):
+    """Runs ``rows[c + i, b0:b0 + n]`` for i < :data:`PASS_ROWS`, the ``zero`` run from ``hi`` on."""
+    r0 = rows[c, b0:b0 + n]
+    r1 = rows[c + 1, b0:b0 + n] if c + 1 < hi else zero
+    r2 = rows[c + 2, b0:b0 + n] if c + 2 < hi else zero
+    r3 = rows[c + 3, b0:b0 + n] if c + 3 < hi else zero
+    r4 = rows[c + 4, b0:b0 + n] if c + 4 < hi else zero
+    return r0, r1, r2, r3, r4
+
+
+@row_helper
 def _window_sum(rows, lo, hi, b0, square, zero, s):
     """``s = sum(rows[c, b0:b0 + len(s)] over c in [lo, hi))``, squared first when ``square``.
 
@@ -26,11 +37,7 @@ def _window_sum(rows, lo, hi, b0, square, zero, s):
     """
     n = s.shape[0]
     for c in range(lo, hi, PASS_ROWS):
-        r0 = rows[c, b0:b0 + n]
-        r1 = rows[c + 1, b0:b0 + n] if c + 1 < hi else zero
-        r2 = rows[c + 2, b0:b0 + n] if c + 2 < hi else zero
-        r3 = rows[c + 3, b0:b0 + n] if c + 3 < hi else zero
-        r4 = rows[c + 4, b0:b0 + n] if c + 4 < hi else zero
+        r0, r1, r2, r3, r4 = _pass_rows(rows, c, hi, b0, n, zero)
         if square and c == lo:
             for b in range(n):
                 s[b] = (r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b]
@@ -137,7 +144,12 @@ def _backward(x3, dy3, size, before, alpha_n, beta, k, coef, chunk, dx3):
                 for b in range(n):
                     t[b] = 0.0
             c = cc - before
-            if c >= 0:
+            if c >= 0 and size <= PASS_ROWS:  # the window's sum and dx in one pass
+                x, dx = xa[c, b0:b0 + n], dx3[a, c, b0:b0 + n]
+                r0, r1, r2, r3, r4 = _pass_rows(ring, 0, size, 0, n, zero)
+                for b in range(n):
+                    dx[b] -= coef * x[b] * ((r0[b] + r1[b]) + (r2[b] + r3[b]) + r4[b])
+            elif c >= 0:
                 x, dx = xa[c, b0:b0 + n], dx3[a, c, b0:b0 + n]
                 _window_sum(ring, 0, size, 0, False, zero, s)
                 for b in range(n):
