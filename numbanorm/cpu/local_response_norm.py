@@ -73,26 +73,32 @@ def _inverse_powers(v, beta):
 
 
 @row_helper
-def _first_terms(s, x, g, k, alpha_n, beta, dx, t):
+def _first_terms(partial, r0, r1, r2, r3, r4, x, g, k, alpha_n, beta, dx, t):
     """Over a run of one channel: ``dx = dy * base**-beta`` (the first term of dx) and
-    ``t = dy * x * base**(-beta - 1)``, ``base = k + alpha_n * s``. Each fast beta its own
-    loop, so that the loop vectorises (a runtime beta inside it stops LLVM)."""
-    n = s.shape[0]
+    ``t = dy * x * base**(-beta - 1)``, ``base = k + alpha_n * s``, with the window's sum of
+    squares ``s`` finished here from ``partial`` and its last pass's rows ``r0 .. r4``, as
+    :func:`_window_sum` would. Each fast beta its own loop, so that the loop vectorises (a
+    runtime beta inside it stops LLVM)."""
+    n = x.shape[0]
     if beta == 0.75:
         for b in range(n):
-            power, power1 = _inverse_powers(k + alpha_n * s[b], 0.75)
+            s = partial[b] + ((r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b])
+            power, power1 = _inverse_powers(k + alpha_n * s, 0.75)
             dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
     elif beta == 0.5:
         for b in range(n):
-            power, power1 = _inverse_powers(k + alpha_n * s[b], 0.5)
+            s = partial[b] + ((r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b])
+            power, power1 = _inverse_powers(k + alpha_n * s, 0.5)
             dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
     elif beta == 1.0:
         for b in range(n):
-            power, power1 = _inverse_powers(k + alpha_n * s[b], 1.0)
+            s = partial[b] + ((r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b])
+            power, power1 = _inverse_powers(k + alpha_n * s, 1.0)
             dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
     else:
         for b in range(n):
-            power, power1 = _inverse_powers(k + alpha_n * s[b], beta)
+            s = partial[b] + ((r0[b] * r0[b] + r1[b] * r1[b]) + (r2[b] * r2[b] + r3[b] * r3[b]) + r4[b] * r4[b])
+            power, power1 = _inverse_powers(k + alpha_n * s, beta)
             dx[b], t[b] = g[b] * power, g[b] * x[b] * power1
 
 
@@ -138,8 +144,13 @@ def _backward(x3, dy3, size, before, alpha_n, beta, k, coef, chunk, dx3):
             t = ring[cc % size]
             if cc < C:
                 x, g, dx = xa[cc, b0:b0 + n], ga[cc, b0:b0 + n], dx3[a, cc, b0:b0 + n]
-                _window_sum(xa, max(0, cc - before), min(C, cc - before + size), b0, True, zero, s)
-                _first_terms(s, x, g, k, alpha_n, beta, dx, t)  # the window's term follows `before` channels later
+                lo, hi = max(0, cc - before), min(C, cc - before + size)
+                last = lo + (hi - lo - 1) // PASS_ROWS * PASS_ROWS  # the window's last pass
+                if last > lo:
+                    _window_sum(xa, lo, last, b0, True, zero, s)
+                r0, r1, r2, r3, r4 = _pass_rows(xa, last, hi, b0, n, zero)
+                # (the window's term of dx follows `before` channels later)
+                _first_terms(s if last > lo else zero, r0, r1, r2, r3, r4, x, g, k, alpha_n, beta, dx, t)
             else:
                 for b in range(n):
                     t[b] = 0.0
