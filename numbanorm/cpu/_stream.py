@@ -38,7 +38,8 @@ def stream_row(typingctx, src, dst):
     """``dst[:] = src`` for C-contiguous 1-d arrays of one dtype: 64-byte vector stores marked
     non-temporal for the aligned body of ``dst``, plain stores for its ends."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
-            and src.ndim == dst.ndim == 1 and src.layout == dst.layout == "C"):
+            and src.ndim == dst.ndim == 1 and src.layout == dst.layout == "C" and dst.aligned):
+        # (an unaligned dst could leave the body's 64-byte stores misaligned: a fault, not a slow path)
         return None
 
     def codegen(context, builder, signature, args):
