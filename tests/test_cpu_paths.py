@@ -66,6 +66,10 @@ STREAM_CASES = [
     ("group_norm", (6, 4, 5, 7), (2,), {}),            # a weight per segment of a row
     ("instance_norm", (3, 5, 9, 13), (), {}),
     ("instance_norm", (2, 3, 2, 5), (), {}),            # rows of 10: no aligned body
+    ("batch_norm", (4, 37, 29, 6), (), {"training": True, "axis": -1}),   # channels-last rows of 6 lanes
+    ("batch_norm", (64, 40, 23), (), {"training": True, "axis": -1}),     # parallel, channels-last
+    ("instance_norm", (5, 9, 7, 19), (), {"axis": -1}),                   # one work item per sample
+    ("group_norm", (4, 6, 5, 24), (3,), {"axis": -1}),
 ]
 
 
@@ -73,12 +77,13 @@ STREAM_CASES = [
 @pytest.mark.parametrize("op, shape, args, kw", STREAM_CASES,
                          ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}" for c in STREAM_CASES])
 def test_streamed_outputs_match_plain(op, shape, args, kw, dtype, monkeypatch):
-    """Row-wise outputs larger than the cache are computed into a buffer and written with
+    """Forward outputs larger than the cache are computed into a buffer and written with
     streaming stores (cpu/_stream.py): the same values, bit for bit, as plain stores."""
     from numbanorm.cpu import _stream
     rng = np.random.default_rng(9)
     x, dy = (rng.standard_normal(shape) * 2 + 5).astype(dtype), rng.standard_normal(shape).astype(dtype)
-    params = {} if op in ("layer_norm", "rms_norm") else {"weight": rng.standard_normal(shape[1]).astype(dtype)}
+    channels = shape[-1] if kw.get("axis") == -1 else shape[1]
+    params = {} if op in ("layer_norm", "rms_norm") else {"weight": rng.standard_normal(channels).astype(dtype)}
     forward, backward = getattr(nbn, op + "_forward"), getattr(nbn, op + "_backward")
 
     def run():

@@ -24,7 +24,8 @@ import numpy as np
 from numba import prange
 
 from .._bench import last_level_cache
-from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, scratch
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, row_helper, scratch
+from ._stream import store_fence, stream_row, streams
 from ._sums import FLUSH_ROWS, dy_sums, flush, shifted_moments, shifted_sums
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
@@ -69,13 +70,26 @@ def _lanes_moments(rows, shift, s1, s2):
             s2[c] += d * d
 
 
-@helper
-def _lanes_apply(src_rows, dst_rows, m, s, t):
-    """``y = (x - m[c]) * s[c] + t[c]`` over the rows."""
-    for a in range(src_rows.shape[0]):
-        src, dst = src_rows[a], dst_rows[a]
-        for c in range(src.shape[0]):
-            dst[c] = (src[c] - m[c]) * s[c] + t[c]
+@row_helper
+def _apply_lane_row(src, dst, m, s, t):
+    """``y = (x - m[c]) * s[c] + t[c]`` over one row."""
+    for c in range(src.shape[0]):
+        dst[c] = (src[c] - m[c]) * s[c] + t[c]
+
+
+@row_helper
+def _lanes_apply(src_rows, dst_rows, m, s, t, stream):
+    """:func:`_apply_lane_row` over the rows; with ``stream``, each row computed into an L1
+    buffer and written out with streaming stores (:mod:`._stream`), then a fence."""
+    if stream:
+        buffer = np.empty(src_rows.shape[1], src_rows.dtype)
+        for a in range(src_rows.shape[0]):
+            _apply_lane_row(src_rows[a], buffer, m, s, t)
+            stream_row(buffer, dst_rows[a])
+        store_fence()
+    else:
+        for a in range(src_rows.shape[0]):
+            _apply_lane_row(src_rows[a], dst_rows[a], m, s, t)
 
 
 @helper
@@ -226,13 +240,13 @@ def _apply_rows(x4, y4, mean, scale, shift):
 
 
 @kernel
-def _apply_lanes(x3, y3, mean, scale, shift, per_item):
+def _apply_lanes(x3, y3, mean, scale, shift, per_item, stream):
     O, A, C = x3.shape
     K = (A + per_item - 1) // per_item
     for i in prange(O * K):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        _lanes_apply(x3[o, a0:a1], y3[o, a0:a1], mean[o], scale[o], shift[o])
+        _lanes_apply(x3[o, a0:a1], y3[o, a0:a1], mean[o], scale[o], shift[o], stream)
 
 
 def apply(x4, mean, scale, shift, out=None):
@@ -241,7 +255,8 @@ def apply(x4, mean, scale, shift, out=None):
     y4 = outputs.empty_like(x4) if out is None else out
     O, A, C, B = x4.shape
     if B == 1:
-        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), mean, scale, shift, rows_per_item(x4), work=x4.size)
+        _apply_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), mean, scale, shift, rows_per_item(x4), streams(y4),
+                     work=x4.size)
     else:
         _apply_rows(x4, y4, mean, scale, shift, work=x4.size)
     return y4
@@ -455,7 +470,7 @@ def pool_group_moments(mean, var, group_size):
 
 
 @kernel
-def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var_out):
+def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, stream, mean_out, var_out):
     O, A, C = x3.shape
     for o in prange(O):
         xs, ys, mean, var = x3[o], y3[o], mean_out[o], var_out[o]
@@ -470,7 +485,7 @@ def _normalize_sample_lanes(x3, y3, weight, bias, eps, group_size, mean_out, var
         rstd = np.empty(C)
         m_hi, scale, shift = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
         _affine_terms_into(mean, var, eps, weight, bias, rstd, m_hi, scale, shift)
-        _lanes_apply(xs, ys, m_hi, scale, shift)
+        _lanes_apply(xs, ys, m_hi, scale, shift, stream)
 
 
 def normalize_per_sample(x4, eps, weight, bias, group_size=1):
@@ -480,7 +495,7 @@ def normalize_per_sample(x4, eps, weight, bias, group_size=1):
     y4 = outputs.empty_like(x4)
     mean, var = np.empty((O, C)), np.empty((O, C))
     _normalize_sample_lanes(x4.reshape(O, A, C), y4.reshape(O, A, C), param(weight, C, 1.0, x4.dtype),
-                            param(bias, C, 0.0, x4.dtype), eps, group_size, mean, var, work=x4.size)
+                            param(bias, C, 0.0, x4.dtype), eps, group_size, streams(y4), mean, var, work=x4.size)
     return y4, mean, var
 
 
