@@ -35,6 +35,9 @@ DIRECTIONS = ("forward", "backward")
 MODEL_TRAFFIC = {"forward": 2, "backward": 3}
 # A copy reads and writes every byte once.
 COPY_TRAFFIC = 2
+# Seconds to wait after timing torch or numpy before timing ours again: their thread
+# pools (torch's OpenMP, OpenBLAS) keep spinning for a while after a call.
+SETTLE_SECONDS = 0.3
 
 # Shapes: "small" is 2**18 elements (1 MiB in float32: stays in L2/L3), "large"
 # is 2**25 elements (128 MiB in float32, 256 MiB in float64: at least 4x a 32 MiB
@@ -753,17 +756,20 @@ def run_command(args, out=None):
                     tr = None
                 progress.step(f"{case.name}: torch warmed")
             for direction in DIRECTIONS:
-                # Ours and the copy sampled in turn (the same load for both); torch apart:
-                # its OpenMP threads spin after each call and slow Numba's threads down.
+                # Ours and the copy sampled in turn (the same load for both); torch and numpy
+                # apart, each followed by a pause: torch's OpenMP threads and numpy's OpenBLAS
+                # threads spin after each call (OpenBLAS for about 0.1 s) and take the cores
+                # from Numba's threads (measured: 2x the time of the op that follows).
                 t_ours, frac = run.against_copy(direction, repeat)
                 t_torch = None
                 if tr is not None:
                     t_torch = interleaved([getattr(tr, direction)], repeat)[0]
-                    time.sleep(0.2)  # torch's threads stop spinning before our next samples
+                    time.sleep(SETTLE_SECONDS)
                 progress.step(f"{case.name} {direction}" + (" (and torch)" if tr is not None else ""))
                 t_ref = None
                 if ref is not None:
                     t_ref = ref.time(direction, repeat)
+                    time.sleep(SETTLE_SECONDS)
                     progress.step(f"{case.name} {direction}: numpy")
                 measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, t_ref, t_torch))
             del run, ref, tr

@@ -47,6 +47,13 @@ def matrix_view(w, axis):
     return matrix, lambda m: np.moveaxis(m.reshape(moved.shape), 0, axis)
 
 
+def _dot(a, b):
+    """``a . b`` of two float64 host vectors, without BLAS: numpy's ``a @ b`` runs in
+    OpenBLAS's threads, which then spin for about 0.1 s and take the cores from the
+    kernels that follow (measured: spectral_norm's forward 19 -> 40 ms on 2 cores)."""
+    return float(np.einsum("i,i->", a, b))
+
+
 def power_iteration(times_v, transpose_times_u, u, steps, eps, training):
     """spectral_norm's ``(u, v, sigma)``, float64 host vectors and ``sigma = u^T W v``, from
     the products ``W v`` and ``W^T u``.
@@ -56,16 +63,16 @@ def power_iteration(times_v, transpose_times_u, u, steps, eps, training):
     the given ``u``. Norms are floored at ``eps``.
     """
     def normalize(a):
-        return a / max(float(np.sqrt(a @ a)), eps)
+        return a / max(np.sqrt(_dot(a, a)), eps)
 
     if not training:
         v = normalize(transpose_times_u(u))
-        return u, v, float(u @ times_v(v))
+        return u, v, _dot(u, times_v(v))
     for _ in range(steps):
         v = normalize(transpose_times_u(u))
         w_v = times_v(v)
         u = normalize(w_v)
-    return u, v, float(u @ w_v)
+    return u, v, _dot(u, w_v)
 
 
 def channel_view(x, axis):
