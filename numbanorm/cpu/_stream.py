@@ -11,10 +11,11 @@ as such stores are not ordered with the ones other threads read after the kernel
 Outputs that fit in the cache keep plain stores (:func:`streams`): the next op
 reads them from there.
 
-Used by the row-wise forward and the channels-last forwards (batch norm's
-second pass, instance / group norm per sample). Measured by paired A/B in one
-process (float32, 2**25 elements): layer norm forward 0.76-0.96x the time of
-plain stores, channels-last batch / instance / group norm forwards 0.84-0.95x.
+Used by the row-wise forward, the channels-last forwards (batch norm's second
+pass, instance / group norm per sample) and spectral norm's ``w / sigma``.
+Measured by paired A/B in one process (float32, 2**25 elements): layer norm
+forward 0.76-0.96x the time of plain stores, channels-last batch / instance /
+group norm forwards 0.84-0.95x, spectral norm forward 0.93x.
 Not used where it did not pay: the backwards' dx (0.93-1.05x) and batch norm's
 channels-first runs (0.75-1.2x, with the machine's phase).
 """

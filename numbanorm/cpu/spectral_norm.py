@@ -8,7 +8,8 @@ import numpy as np
 from numba import prange
 
 from .._host import matrix_view, power_iteration
-from ._kernel import kernel, outputs, row_blocks, scratch
+from ._kernel import ITEM_ELEMENTS, cast_like, kernel, outputs, row_blocks, scratch
+from ._stream import store_fence, stream_row, streams
 
 
 @kernel
@@ -29,18 +30,53 @@ def _matvec_t(W, u, rows_per_item, partial):
     R, K = W.shape
     for k in prange(partial.shape[0]):
         acc = partial[k]
-        for i in range(k * rows_per_item, min(R, (k + 1) * rows_per_item)):
+        start, end = k * rows_per_item, min(R, (k + 1) * rows_per_item)
+        # Four rows a step, one from each quarter of the block, as channelwise._lanes_moments:
+        # the float64 partial is loaded and stored once per four rows.
+        Q = (end - start) // 4
+        for i in range(start, start + Q):
+            r0, r1, r2, r3 = W[i], W[i + Q], W[i + 2 * Q], W[i + 3 * Q]
+            u0, u1, u2, u3 = u[i], u[i + Q], u[i + 2 * Q], u[i + 3 * Q]
+            for j in range(K):
+                acc[j] += (r0[j] * u0 + r1[j] * u1) + (r2[j] * u2 + r3[j] * u3)
+        for i in range(start + 4 * Q, end):
             ui, row = u[i], W[i]
             for j in range(K):
                 acc[j] += row[j] * ui
 
 
+# Elements a work item of :func:`_scale` computes into its L1 buffer between streaming copies.
+STREAM_BLOCK = 2048
+
+
 @kernel
-def _scale(W, factor, out):
-    for i in prange(W.shape[0]):
-        src, dst = W[i], out[i]
-        for j in range(W.shape[1]):
-            dst[j] = src[j] * factor
+def _scale(src, factor, dst, stream):
+    """``dst = src * factor`` over flat arrays, the product in their dtype; with ``stream``, block by
+    block through an L1 buffer and streaming stores (:mod:`._stream`)."""
+    n = src.shape[0]
+    f = cast_like(src, factor)
+    for k in prange((n + ITEM_ELEMENTS - 1) // ITEM_ELEMENTS):
+        start, end = k * ITEM_ELEMENTS, min(n, (k + 1) * ITEM_ELEMENTS)
+        if stream:
+            buffer = np.empty(STREAM_BLOCK, src.dtype)
+            for b0 in range(start, end, STREAM_BLOCK):
+                b1 = min(end, b0 + STREAM_BLOCK)
+                part, values = buffer[:b1 - b0], src[b0:b1]
+                for j in range(b1 - b0):
+                    part[j] = values[j] * f
+                stream_row(part, dst[b0:b1])
+            store_fence()
+        else:
+            values, out = src[start:end], dst[start:end]
+            for j in range(end - start):
+                out[j] = values[j] * f
+
+
+def _scaled(W, factor):
+    """``W * factor`` into a new output, in W's dtype."""
+    y = outputs.empty_like(W)
+    _scale(W.reshape(-1), factor, y.reshape(-1), streams(y), work=W.size)
+    return y
 
 
 @kernel
@@ -84,8 +120,7 @@ def forward(w, p):
     if p.training:
         p.u[...] = u
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
-    y = outputs.empty_like(W)
-    _scale(W, 1.0 / clamped, y, work=W.size)
+    y = _scaled(W, 1.0 / clamped)
     return undo(y), None, np.asarray(1.0 / clamped, p.cdtype), {"W": W, "u": u, "v": v, "sigma": sigma}
 
 
@@ -93,11 +128,10 @@ def backward(dy, cache):
     p, s = cache.params, cache.saved
     dY, undo = matrix_view(dy, p["axis"])
     W, u, v, sigma = s["W"], s["u"], s["v"], s["sigma"]
+    if sigma <= p["eps"]:  # sigma clamped to eps: a constant
+        return (undo(_scaled(dY, 1.0 / p["eps"])),)
     dW = outputs.empty_like(dY)
-    if sigma > p["eps"]:
-        inner = np.empty(W.shape[0])
-        _row_inner(dY, W, inner, work=W.size)
-        _minus_rank_one(dY, 1.0 / sigma, float(inner.sum()) / sigma**2, u, v, dW, work=W.size)
-    else:  # sigma clamped to eps: a constant
-        _scale(dY, 1.0 / p["eps"], dW, work=W.size)
+    inner = np.empty(W.shape[0])
+    _row_inner(dY, W, inner, work=W.size)
+    _minus_rank_one(dY, 1.0 / sigma, float(inner.sum()) / sigma**2, u, v, dW, work=W.size)
     return (undo(dW),)
