@@ -25,6 +25,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def _load_bench():
@@ -157,9 +158,11 @@ class _VsTorch:
         self.run, self.torch = prepared(("torch", case.name, size, dtype, backend), make)
 
     def _ratio(self, direction):
-        # sampled in turn, so both see the same load from other processes
-        ours, theirs = bench.interleaved([getattr(self.run, direction), getattr(self.torch, direction)])
-        return ours / theirs
+        # Apart, as `python -m numbanorm bench` does: torch's OpenMP threads spin after its
+        # calls (its warm-up's too) and would take the cores from ours; the pause lets them stop.
+        time.sleep(bench.SETTLE_SECONDS)
+        ours = bench.best_time(getattr(self.run, direction))
+        return ours / bench.best_time(getattr(self.torch, direction))
 
     def track_forward_time_over_torch(self, *params):
         return self._ratio("forward")
