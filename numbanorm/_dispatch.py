@@ -60,8 +60,18 @@ def get_backend():
     name = _context_backend.get() or _global_backend
     if name is not None:
         return name
-    env = os.environ.get("NUMBANORM_BACKEND")
+    env = _environment_backend()
     return _check_name(env, "NUMBANORM_BACKEND") if env else None
+
+
+_ENV_KEY = os.environ.encodekey("NUMBANORM_BACKEND")
+
+
+def _environment_backend():
+    """``os.environ.get("NUMBANORM_BACKEND")``, read from the mapping's own dict: ``get`` raises
+    and catches a KeyError when the variable is unset, a microsecond on every call."""
+    value = os.environ._data.get(_ENV_KEY)
+    return None if value is None else os.environ.decodevalue(value)
 
 
 @contextlib.contextmanager
@@ -164,23 +174,40 @@ class Cache:
         compute dtype: per channel for batch norm, per (sample, group) for group
         norm, per (sample, channel) for instance norm, and with the shape of the
         non-normalized axes for layer and RMS norm (``mean`` is None for RMS norm).
+        Host statistics are copied on first access (most training loops never
+        look), so the backward's own arrays stay private.
     params : mapping
         The validated arguments of the call (read-only).
     saved : mapping
         Backend-private arrays (read-only).
     """
 
-    __slots__ = ("op", "backend", "mean", "rstd", "params", "saved")
+    __slots__ = ("op", "backend", "params", "saved", "_statistics")
 
     def __init__(self, op, backend, mean, rstd, params, saved):
-        """``params`` and ``saved`` are dicts handed over by the caller (wrapped, not copied)."""
+        """``params`` and ``saved`` are dicts handed over by the caller (wrapped, not copied);
+        ``mean`` and ``rstd`` (host arrays) may be in any float dtype and are not handed out."""
         setattr_ = object.__setattr__
         setattr_(self, "op", op)
         setattr_(self, "backend", backend)
-        setattr_(self, "mean", mean)
-        setattr_(self, "rstd", rstd)
         setattr_(self, "params", MappingProxyType(params))
         setattr_(self, "saved", MappingProxyType(saved))
+        setattr_(self, "_statistics", [mean, rstd, None, None])  # as given, then as handed out
+
+    @property
+    def mean(self):
+        return self._statistic(0)
+
+    @property
+    def rstd(self):
+        return self._statistic(1)
+
+    def _statistic(self, i):
+        stats = self._statistics
+        if stats[2 + i] is None:
+            given = stats[i]
+            stats[2 + i] = given.astype(self.params["cdtype"]) if isinstance(given, np.ndarray) else given
+        return stats[2 + i]
 
     @property
     def sigma(self):

@@ -24,9 +24,13 @@ def float_dtype(name, a):
     return dtype
 
 
+_COMPUTE_DTYPES = {np.dtype(np.float16): np.dtype(np.float32)}
+
+
 def compute_dtype(dtype):
     """The dtype kernels compute in: float16 computes in float32."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    dtype = np.dtype(dtype)
+    return _COMPUTE_DTYPES.get(dtype, dtype)
 
 
 def as_array(name, a):
@@ -35,6 +39,11 @@ def as_array(name, a):
     [cuda] A CuPy array or torch CUDA tensor becomes a Numba device array view of
     the same memory, so the checks (and the kernels) see NumPy dtypes and shapes.
     """
+    if type(a) is np.ndarray:  # the common call, checked without a function call
+        dtype = a.dtype
+        if dtype.kind != "f" or dtype.itemsize > 8:
+            float_dtype(name, a)
+        return a
     if not isinstance(a, np.ndarray):
         if hasattr(a, "__cuda_ndarray__"):  # a Numba (or simulator) device array
             pass
@@ -110,11 +119,16 @@ def fraction(name, value):
 
 
 def param(name, a, shape, what):
-    """An optional affine parameter or statistic of exactly ``shape`` (None passes)."""
+    """An optional affine parameter or statistic of exactly ``shape`` (None passes).
+
+    ``what`` says what the shape means, for the error: a string, or a function
+    giving one (so a call that passes does not format it).
+    """
     if a is None:
         return None
     a = as_array(name, a)
-    if tuple(a.shape) != tuple(shape):
+    if a.shape != shape and tuple(a.shape) != tuple(shape):
+        what = what() if callable(what) else what
         raise ValueError(f"{name} has shape {tuple(a.shape)}; expected {tuple(shape)} ({what})")
     return a
 

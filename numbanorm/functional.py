@@ -77,8 +77,9 @@ def _backend_for(x, backend, *arrays):
 def _run_forward(op, x, p, backend, *arrays):
     name = _backend_for(x, backend, *arrays)
     impl = get_impl(op, name)
-    p.factor = _momentum_factor(getattr(p, "momentum", None), getattr(p, "num_batches_tracked", None),
-                                getattr(p, "update_running", False))
+    fields = vars(p)
+    if "momentum" in fields:  # ops with running statistics
+        p.factor = _momentum_factor(p.momentum, p.num_batches_tracked, p.update_running)
     return _forward_result(op, name, p, *impl.forward(_in_compute_dtype(x, p.cdtype), p))
 
 
@@ -129,17 +130,18 @@ def _backward_result(grads, cache, like, params):
 
 def _affine(p, shape, what, names=("weight", "bias")):
     """Validate the affine parameters ``names`` of ``p`` and cast them to the compute dtype."""
+    fields = vars(p)
     for name in names:
-        a = v.param(name, getattr(p, name), shape, what)
-        setattr(p, name + "_dtype", None if a is None else a.dtype)
-        setattr(p, name, _in_compute_dtype(a, p.cdtype))
+        a = v.param(name, fields[name], shape, what)
+        fields[name + "_dtype"] = None if a is None else a.dtype
+        fields[name] = _in_compute_dtype(a, p.cdtype)
 
 
 def _start(x, op, min_ndim, what):
     like = x  # [cuda] the caller's kind of array, for the results
     x = v.as_array("x", x)
     v.min_ndim(x, min_ndim, op, what)
-    dtype = v.float_dtype("x", x)
+    dtype = x.dtype
     return x, SimpleNamespace(shape=tuple(x.shape), dtype=dtype, cdtype=v.compute_dtype(dtype), like=like)
 
 
@@ -160,7 +162,7 @@ def _batch_norm_args(x, running_mean, running_var, weight, bias, training, momen
     x, p = _start(x, op, 2, "(N, C, ...) input")
     p.axis = v.channel_axis(axis, x.ndim)
     channels = x.shape[p.axis]
-    what = f"one value per channel along axis {p.axis}"
+    what = lambda: f"one value per channel along axis {p.axis}"  # noqa: E731 (formatted on error only)
     p.weight, p.bias = weight, bias
     _affine(p, (channels,), what)
     p.training = bool(training)
@@ -270,7 +272,7 @@ def _layer_norm_args(x, weight, bias, axis, eps, op, names):
     p.axes = v.axes(axis, x.ndim)
     p.normalized_shape = tuple(x.shape[a] for a in p.axes)
     p.weight, p.bias = weight, bias
-    _affine(p, p.normalized_shape, f"the shape of x over axes {p.axes}", names)
+    _affine(p, p.normalized_shape, lambda: f"the shape of x over axes {p.axes}", names)
     if eps is None:
         eps = float(np.finfo(p.dtype).eps)
     p.eps = v.positive("eps", eps)
@@ -377,7 +379,7 @@ def group_norm_forward(x, num_groups, *, weight=None, bias=None, axis=1, eps=1e-
                          f"but got input of shape {tuple(x.shape)} and num_groups={num_groups}")
     p.num_groups = int(num_groups)
     p.weight, p.bias = weight, bias
-    _affine(p, (channels,), f"one value per channel along axis {p.axis}")
+    _affine(p, (channels,), lambda: f"one value per channel along axis {p.axis}")
     p.eps = v.positive("eps", eps)
     return _run_forward("group_norm", x, p, backend, weight, bias)
 
@@ -426,7 +428,7 @@ def instance_norm_forward(x, *, weight=None, bias=None, running_mean=None, runni
     x, p = _start(x, "instance_norm", 2, "(N, C, ...) input")
     p.axis = v.channel_axis(axis, x.ndim)
     channels = x.shape[p.axis]
-    what = f"one value per channel along axis {p.axis}"
+    what = lambda: f"one value per channel along axis {p.axis}"  # noqa: E731 (formatted on error only)
     p.weight, p.bias = weight, bias
     _affine(p, (channels,), what)
     p.use_input_stats = bool(use_input_stats)

@@ -256,6 +256,31 @@ def test_backward_does_not_mutate_the_cache(backend, op):
     snap.assert_unchanged()
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("op", OPS)
+def test_cache_statistics_are_copies_in_the_compute_dtype(backend, op, dtype):
+    """``cache.mean`` / ``cache.rstd`` come in the compute dtype, the same array on each access,
+    and overwriting them leaves the backward as it was (the cache made them on first access)."""
+    rng = rng_for("cache-stats", op)
+    shape = (3, 4, 5)
+    x = rng.standard_normal(shape).astype(dtype)
+    kw = make_params(rng, op, shape, _base_kw(op), "wb", dtype=dtype)
+    _, cache = forward(op, x, backend, **kw)
+    _, fresh = forward(op, x, backend, **kw)
+    compute = np.float32 if dtype == np.float16 else dtype
+    for name in ("mean", "rstd"):
+        stat = getattr(cache, name)
+        if stat is None:  # RMS norm has no mean
+            assert op == "rms_norm" and name == "mean"
+            continue
+        assert stat.dtype == compute and stat is getattr(cache, name)
+        np.testing.assert_array_equal(stat, getattr(fresh, name))
+        stat[...] = 7.0
+    dy = rng.standard_normal(shape).astype(dtype)
+    for got, expected in zip(backward(op, dy, cache), backward(op, dy, fresh)):
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("forward_on, context", [("numpy", "cpu"), ("cpu", "numpy")])
 def test_backward_runs_on_the_backend_of_its_cache(forward_on, context):
     """A cache holds backend-private arrays, so its backward must not be re-routed by a context."""

@@ -126,7 +126,11 @@ def _constant(n, fill, dtype):
 
 def param(a, n, fill, dtype):
     """An affine parameter as a C-contiguous vector of ``n`` entries of ``dtype``; None gives ones or zeros."""
-    return _constant(n, fill, dtype) if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    if a is None:
+        return _constant(n, fill, dtype)
+    if a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
 class OutputPool:
@@ -172,6 +176,9 @@ class OutputPool:
 
     def zeros(self, shape, dtype=np.float64):
         """A zeroed C-contiguous array, like ``np.zeros(shape, dtype)``."""
+        dtype = np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize < self.min_bytes:
+            return np.zeros(shape, dtype)  # (calloc: cheaper than empty and fill for small sizes)
         a = self.empty(shape, dtype)
         a.fill(0)
         return a

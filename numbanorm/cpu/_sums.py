@@ -57,6 +57,16 @@ def flush(rows, acc):
 
 
 @helper
+def sum_blocks(part, total):
+    """``total = part.sum(axis=0)`` in block order (so independent of the threads); run after
+    the parallel loop that filled ``part``, it saves a NumPy call per sum."""
+    total[:] = 0
+    for k in range(part.shape[0]):
+        for j in range(total.shape[0]):
+            total[j] += part[k, j]
+
+
+@helper
 def dy_sums(xs, gs, m):
     """Float64 ``sum(dy)`` and ``sum(dy * (x - m))`` over a slice, by blocks (``m`` in the data's dtype)."""
     zero = cast_like(xs, 0.0)

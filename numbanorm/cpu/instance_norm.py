@@ -23,7 +23,7 @@ def forward(x, p):
         x4 = channel_view(x, p.axis)[None]
         mean, var = p.running_mean.astype(np.float64)[None], p.running_var.astype(np.float64)[None]
         y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)
-        return (y4.reshape(x.shape), mean[0].astype(p.cdtype), rstd[0].astype(p.cdtype),
+        return (y4.reshape(x.shape), mean[0], rstd[0],
                 {"x4": x4, "mean": mean, "rstd": rstd})
     if p.axis == 1:
         x2, undo = rows_view(x, _spatial(x.ndim, p.axis))  # rows ordered (n, c)
@@ -40,7 +40,7 @@ def forward(x, p):
         update_running(p.running_mean, mean.mean(axis=0), p.factor)
         update_running(p.running_var, (var * n / (n - 1)).mean(axis=0), p.factor)
     saved.update(mean=mean, rstd=rstd)
-    return y, mean.astype(p.cdtype), rstd.astype(p.cdtype), saved
+    return y, mean, rstd, saved
 
 
 def backward(dy, cache):

@@ -6,16 +6,20 @@ CENTER = True
 
 
 def _kept_shape(shape, axes):
+    if axes[0] == len(shape) - len(axes):  # the trailing axes (sorted and distinct), the common call
+        return shape[:axes[0]]
     return tuple([s for i, s in enumerate(shape) if i not in axes])
 
 
 def forward(x, p, center=CENTER):
     x2, undo = rows_view(x, p.axes)
-    length = x2.shape[1]
-    y2, mean, rstd, _ = rowwise.forward(x2, p.weight, getattr(p, "bias", None), 1, length, p.eps, center)
+    y2, mean, rstd, _ = rowwise.forward(x2, p.weight, getattr(p, "bias", None), 1, x2.shape[1], p.eps, center)
+    saved = {"x2": x2, "mean": mean, "rstd": rstd}
     kept = _kept_shape(x.shape, p.axes)
-    public_mean = mean.reshape(kept).astype(p.cdtype) if center else None
-    return undo(y2), public_mean, rstd.reshape(kept).astype(p.cdtype), {"x2": x2, "mean": mean, "rstd": rstd}
+    if kept != mean.shape:  # (not for the rows of a 2-d x: a reshape costs as much as the check)
+        mean, rstd = mean.reshape(kept), rstd.reshape(kept)
+    # float64 statistics: the cache hands out copies in the compute dtype
+    return undo(y2), mean if center else None, rstd, saved
 
 
 def backward(dy, cache, center=CENTER):

@@ -18,7 +18,7 @@ from numba import prange
 
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
 from ._stream import store_fence, stream_row, streams
-from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, flush, shifted_moments, shifted_sums
+from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, flush, shifted_moments, shifted_sums, sum_blocks
 
 
 @helper
@@ -161,7 +161,8 @@ def _row_backward(x, dy, dx, w, period, nseg, mean, rstd, center, r, dw_acc, db_
 
 
 @kernel
-def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part, dw_rows, db_rows):
+def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part, dw_rows, db_rows,
+              dweight, dbias):
     R = x.shape[0]
     for k in prange(dw_part.shape[0]):
         start, end = k * rows_per_item, min(R, (k + 1) * rows_per_item)
@@ -171,6 +172,8 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, rows_per_item, dw_
             if dw_rows.shape[1] and ((r - start) % FLUSH_ROWS == FLUSH_ROWS - 1 or r == end - 1):
                 flush(dw_rows[k], dw_part[k])
                 flush(db_rows[k], db_part[k])
+    sum_blocks(dw_part, dweight)
+    sum_blocks(db_part, dbias)
 
 
 def forward(x2, weight, bias, period, nseg, eps, center):
@@ -204,6 +207,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, need_dweight=Tru
     rows_width = period * nseg if nseg == L else 0
     dw_rows, db_rows = scratch.zeros((blocks, rows_width), x2.dtype), scratch.zeros((blocks, rows_width), x2.dtype)
     dx2 = outputs.empty_like(x2)
+    dweight, dbias = np.empty(dw_part.shape[1]), np.empty(db_part.shape[1])
     _backward(x2, dy2, dx2, w, period, nseg, mean, rstd, center, rows_per_item, dw_part, db_part,
-              dw_rows, db_rows, work=x2.size)
-    return dx2, dw_part.sum(axis=0), db_part.sum(axis=0)
+              dw_rows, db_rows, dweight, dbias, work=x2.size)
+    return dx2, dweight, dbias

@@ -137,7 +137,7 @@ def forward(w, p):
         p.u[...] = u
     clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
     y = _scaled(W, 1.0 / clamped)
-    return undo(y), None, np.asarray(1.0 / clamped, p.cdtype), {"W": W, "u": u, "v": v, "sigma": sigma}
+    return undo(y), None, np.asarray(1.0 / clamped), {"W": W, "u": u, "v": v, "sigma": sigma}
 
 
 def backward(dy, cache):

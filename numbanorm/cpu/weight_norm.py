@@ -24,7 +24,7 @@ def forward(v, p):
     scale, weight = _row_weights(vars(p), length)
     w2, _, rstd, _ = rowwise.forward(v2, weight, None, v2.shape[0], 1, p.eps / max(length, 1), False)
     inverse_norm = rstd / math.sqrt(max(length, 1))
-    return undo(w2), None, inverse_norm.astype(p.cdtype), {"v2": v2, "rstd": rstd}
+    return undo(w2), None, inverse_norm, {"v2": v2, "rstd": rstd}
 
 
 def backward(dw, cache):
