@@ -132,8 +132,12 @@ def _affine(p, shape, what, names=("weight", "bias")):
     """Validate the affine parameters ``names`` of ``p`` and cast them to the compute dtype."""
     fields = vars(p)
     for name in names:
-        a = v.param(name, fields[name], shape, what)
-        fields[name + "_dtype"] = None if a is None else a.dtype
+        a = fields[name]
+        if a is None:
+            fields[name + "_dtype"] = None
+            continue
+        a = v.param(name, a, shape, what)
+        fields[name + "_dtype"] = a.dtype
         fields[name] = _in_compute_dtype(a, p.cdtype)
 
 

@@ -172,6 +172,8 @@ class OutputPool:
         return buffer.view(dtype).reshape(shape)
 
     def empty_like(self, a):
+        if a.nbytes < self.min_bytes:  # (the common small call, without the pool's bookkeeping)
+            return np.empty(a.shape, a.dtype)
         return self.empty(a.shape, a.dtype)
 
     def zeros(self, shape, dtype=np.float64):

