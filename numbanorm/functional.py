@@ -376,7 +376,8 @@ def group_norm_forward(x, num_groups, *, weight=None, bias=None, axis=1, eps=1e-
     x, p = _start(x, "group_norm", 2, "(N, C, ...) input")
     p.axis = v.channel_axis(axis, x.ndim)
     channels = x.shape[p.axis]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
+    if type(num_groups) is not int and (isinstance(num_groups, bool) or not isinstance(num_groups, np.integer)) \
+            or num_groups < 1:
         raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
     if channels % num_groups:
         raise ValueError("Expected number of channels in input to be divisible by num_groups, "

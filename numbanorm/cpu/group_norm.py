@@ -5,6 +5,8 @@ of it, for the row-wise primitive. Channels elsewhere (channels-last): per
 (sample, channel) statistics from the per-channel primitive, combined over each
 group's channels, so no transposed copy is made.
 """
+import math
+
 import numpy as np
 
 from .._host import rows_view, sample_channel_view
@@ -14,9 +16,12 @@ from .batch_norm import channel_grads, normalize_samples
 
 def _group_rows(x, p):
     """Rows of shape (N * G, C // G * spatial) with channels first, and the way back."""
+    groups = p["num_groups"]
+    if p["axis"] == 1 and x.flags.c_contiguous:  # the common call, in two reshapes
+        shape = x.shape
+        return x.reshape(shape[0] * groups, math.prod(shape[1:]) // groups), lambda y: y.reshape(shape)
     spatial = tuple(i for i in range(1, x.ndim) if i != p["axis"])
     x2, undo = rows_view(x, (p["axis"], *spatial))
-    groups = p["num_groups"]
     return x2.reshape(x2.shape[0] * groups, x2.shape[1] // groups), lambda y: undo(y.reshape(x2.shape))
 
 
