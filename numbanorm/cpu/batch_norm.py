@@ -1,7 +1,7 @@
 """Batch norm on the CPU: the per-channel statistics primitive in either layout."""
 import numpy as np
 
-from .._host import channel_view, update_running
+from .._host import channel_view
 from . import channelwise
 from ._kernel import outputs, param
 
@@ -67,8 +67,7 @@ def forward(x, p):
     if p.training:
         n, mean, var = channelwise.moments(x4)
         if p.update_running:
-            update_running(p.running_mean, mean[0], p.factor)
-            update_running(p.running_var, var[0] * n / (n - 1), p.factor)
+            channelwise.update_running(p.running_mean, p.running_var, mean[0], var[0], n, p.factor)
     else:
         mean, var = p.running_mean.astype(np.float64)[None], p.running_var.astype(np.float64)[None]
     y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)

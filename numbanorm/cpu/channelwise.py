@@ -23,6 +23,7 @@ results are the same for any number of threads. Per-(o, c) vectors passed in
 import numpy as np
 from numba import prange
 
+from .. import _host
 from .._bench import last_level_cache
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, row_helper, scratch
 from ._stream import store_fence, stream_row, streams
@@ -135,7 +136,7 @@ def _lanes_dx(x_rows, dy_rows, dx_rows, m, s, p, q, r):
 # ----------------------------------------------------------------------------- statistics
 
 @kernel
-def _moments_rows(x4, per_item, mean, m2):
+def _moments_rows(x4, per_item, mean, m2, mu, sq):
     O, A, C, B = x4.shape
     K = mean.shape[1]
     for i in prange(O * K * C):
@@ -149,10 +150,11 @@ def _moments_rows(x4, per_item, mean, m2):
             s1 += run_d
             s2 += run_d2
         mean[o, k, c], m2[o, k, c] = shifted_moments((a1 - a0) * B, shift, s1, s2)
+    _merge_items(per_item, A, B, mean, m2, mu, sq)
 
 
 @kernel
-def _moments_lanes(x3, per_item, mean, m2):
+def _moments_lanes(x3, per_item, mean, m2, mu, sq):
     O, A, C = x3.shape
     K = mean.shape[1]
     for i in prange(O * K):
@@ -162,36 +164,39 @@ def _moments_lanes(x3, per_item, mean, m2):
         _lanes_moments(x3[o, a0:a1], shift, s1, s2)
         for c in range(C):
             mean[o, k, c], m2[o, k, c] = shifted_moments(a1 - a0, shift[c], s1[c], s2[c])
+    _merge_items(per_item, A, 1, mean, m2, mu, sq)
 
 
 @helper
-def chan_merge(count, mean, m2):
-    """Merge (count[k], mean, M2) along axis 1 of ``(P, K, Q)`` arrays into ``(P, Q)``, Chan's formula."""
+def chan_merge(count, mean, m2, mu, sq):
+    """Merge (count[k], mean, M2) along axis 1 of ``(P, K, Q)`` arrays into the ``(P, Q)`` mean ``mu``
+    and M2 ``sq``, Chan's formula, in the order of k."""
     P, K, Q = mean.shape
-    n = np.zeros((P, Q))
-    mu = np.zeros((P, Q))
-    sq = np.zeros((P, Q))
+    n = np.zeros(Q)
     for p in range(P):
+        n[:] = 0
+        mu[p] = 0
+        sq[p] = 0
         for k in range(K):
             nk = count[k]
             for q in range(Q):
-                total = n[p, q] + nk
+                total = n[q] + nk
                 if total > 0:
                     delta = mean[p, k, q] - mu[p, q]
                     mu[p, q] += delta * nk / total
-                    sq[p, q] += m2[p, k, q] + delta * delta * n[p, q] * nk / total
-                    n[p, q] = total
-    return n, mu, sq
+                    sq[p, q] += m2[p, k, q] + delta * delta * n[q] * nk / total
+                    n[q] = total
 
 
 @helper
-def _merge_items(per_item, A, B, mean, m2):
-    """:func:`chan_merge` of the items of :func:`moments_m2`: ``per_item`` rows of ``B`` values each,
-    the last item what is left of ``A`` rows (counted here: numpy's calls cost more on small input)."""
+def _merge_items(per_item, A, B, mean, m2, mu, sq):
+    """:func:`chan_merge` of the items of :func:`moments_m2` into ``mu, sq``: ``per_item`` rows of ``B``
+    values each, the last item what is left of ``A`` rows. Called by the kernels after their
+    parallel loop: a second compiled call, and its tuple of arrays, cost more than the merge."""
     count = np.empty(mean.shape[1])
     for k in range(count.shape[0]):
         count[k] = min(per_item, A - per_item * k) * B
-    return chan_merge(count, mean, m2)
+    chan_merge(count, mean, m2, mu, sq)
 
 
 def moments(x4):
@@ -210,12 +215,35 @@ def moments_m2(x4):
     per_item = rows_per_item(x4)
     k = items(A, per_item)
     mean, m2 = scratch.zeros((O, k, C)), scratch.zeros((O, k, C))
+    mu, sq = np.empty((O, C)), np.empty((O, C))
     if B == 1:
-        _moments_lanes(x4.reshape(O, A, C), per_item, mean, m2, work=x4.size)
+        _moments_lanes(x4.reshape(O, A, C), per_item, mean, m2, mu, sq, work=x4.size)
     else:
-        _moments_rows(x4, per_item, mean, m2, work=x4.size)
-    _, mu, sq = _merge_items(per_item, A, B, mean, m2)
+        _moments_rows(x4, per_item, mean, m2, mu, sq, work=x4.size)
     return A * B, mu, sq
+
+
+@helper
+def _running_averages(running_mean, running_var, mean, var, unbias, factor):
+    keep = 1.0 - factor
+    for c in range(mean.shape[0]):
+        running_mean[c] = keep * np.float64(running_mean[c]) + factor * mean[c]
+        running_var[c] = keep * np.float64(running_var[c]) + factor * (var[c] * unbias)
+
+
+def update_running(running_mean, running_var, mean, var, n, factor):
+    """PyTorch's running averages, in place: ``running = (1 - factor) * running + factor * stat``
+    of the float64 per-channel batch ``mean`` and unbiased variance ``var * n / (n - 1)``.
+
+    One compiled call instead of ten NumPy ones; float16 buffers (which Numba cannot
+    index on the CPU) take the host's NumPy path.
+    """
+    if running_mean.dtype.kind == "f" and running_mean.dtype.itemsize >= 4 \
+            and running_var.dtype.kind == "f" and running_var.dtype.itemsize >= 4:
+        _running_averages(running_mean, running_var, mean, var, n / (n - 1), factor)
+    else:
+        _host.update_running(running_mean, mean, factor)
+        _host.update_running(running_var, var * n / (n - 1), factor)
 
 
 # ----------------------------------------------------------------------------- y = (x - mean) * scale + shift

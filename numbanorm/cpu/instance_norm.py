@@ -7,8 +7,8 @@ norm in eval mode.
 """
 import numpy as np
 
-from .._host import channel_view, rows_view, sample_channel_view, update_running
-from . import rowwise
+from .._host import channel_view, rows_view, sample_channel_view
+from . import channelwise, rowwise
 from .batch_norm import channel_grads, normalize_channels, normalize_samples
 
 
@@ -37,8 +37,7 @@ def forward(x, p):
         y, saved = y4.reshape(x.shape), {"x4": x4}
     if p.update_running:
         n = x.size // max(x.shape[0] * channels, 1)
-        update_running(p.running_mean, mean.mean(axis=0), p.factor)
-        update_running(p.running_var, (var * n / (n - 1)).mean(axis=0), p.factor)
+        channelwise.update_running(p.running_mean, p.running_var, mean.mean(axis=0), var.mean(axis=0), n, p.factor)
     saved.update(mean=mean, rstd=rstd)
     return y, mean, rstd, saved
 
