@@ -129,3 +129,21 @@ def test_values_near_1e30_float32(backend, cfg, loc):
     for name, g, g_hand in zip(("dx", "dweight", "dbias"), grads, hand_backward(op, x, dy, kw)):
         assert np.all(np.isfinite(g)), f"inf/nan in {name}"
         assert_close(g, g_hand, tol, name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])  # (the CUDA kernels keep the tolerance above)
+@config_param
+def test_large_mean_gradient_with_biased_dy(backend, cfg):
+    """The CPU kernels' gradient sums ``sum(dy * (x - mean))``, taken against the mean rounded to
+    float32, add back ``(rounded - mean) * sum(dy)``: with ``dy`` of mean 1 and
+    ``x = 1e3 + 0.01 * randn``, leaving it out moves dx by several percent of its largest value;
+    with it, dx is within 2e-7 of it. (The CUDA kernels work against the rounded mean and are
+    off by 0.2-0.7% here: within :func:`test_large_mean_float32`'s tolerance, not this one's.)"""
+    op = cfg.op
+    rng = rng_for("biased-dy", op, cfg.shape)
+    x = (1e3 + 0.01 * rng.standard_normal(cfg.shape)).astype(np.float32)
+    dy = (1.0 + rng.standard_normal(cfg.shape)).astype(np.float32)
+    kw = dict(cfg.kw, eps=1e-12)
+    dx = backward(op, dy, forward(op, x, backend, **kw)[1])[0]
+    dx_hand = hand_backward(op, x, dy, kw)[0]
+    np.testing.assert_allclose(dx, dx_hand, rtol=0, atol=1e-5 * np.abs(dx_hand).max(), err_msg="dx")

@@ -27,7 +27,7 @@ from .. import _host
 from .._bench import last_level_cache
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, items, kernel, outputs, param, row_helper, scratch
 from ._stream import store_fence, stream_row, streams
-from ._sums import FLUSH_ROWS, dy_sums, flush, shifted_moments, shifted_sums
+from ._sums import FLUSH_ROWS, dy_sums, flush, shifted_moments, shifted_sums, sum_blocks
 
 # Bytes of data a chunk of samples may hold and still be in the last-level
 # cache when a second pass reads it (half the cache: the other half is for the
@@ -342,8 +342,16 @@ def affine_terms(x4, mean, var, eps, weight, bias):
 
 # ----------------------------------------------------------------------------- backward
 
+@helper
+def _sum_items(sum_dy, sum_dyx, total_dy, total_dyx):
+    """The ``(O, K, C)`` per-item sums added over the items, in their order, into ``(O, C)``."""
+    for o in range(sum_dy.shape[0]):
+        sum_blocks(sum_dy[o], total_dy[o])
+        sum_blocks(sum_dyx[o], total_dyx[o])
+
+
 @kernel
-def _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx):
+def _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx, total_dy, total_dyx):
     O, A, C, B = x4.shape
     K = sum_dy.shape[1]
     for i in prange(O * K * C):
@@ -357,16 +365,23 @@ def _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx):
             s2 += run_dyx
         # sum(dy * (x - mean)) = sum(dy * (x - m_hi)) + (m_hi - mean) * sum(dy)
         sum_dy[o, k, c], sum_dyx[o, k, c] = s1, s2 + (m_hi - mean[o, c]) * s1
+    _sum_items(sum_dy, sum_dyx, total_dy, total_dyx)
 
 
 @kernel
-def _grad_sums_lanes(x3, dy3, mean, per_item, sum_dy, sum_dyx):
+def _grad_sums_lanes(x3, dy3, mean, per_item, sum_dy, sum_dyx, total_dy, total_dyx):
     O, A, C = x3.shape
     K = sum_dy.shape[1]
+    m_hi = mean.astype(x3.dtype)  # (no float64 per element; the rounding error is added below)
     for i in prange(O * K):
         o, k = i // K, i % K
         a0, a1 = k * per_item, min(A, (k + 1) * per_item)
-        _lanes_grad_sums(x3[o, a0:a1], dy3[o, a0:a1], mean[o], sum_dy[o, k], sum_dyx[o, k])
+        _lanes_grad_sums(x3[o, a0:a1], dy3[o, a0:a1], m_hi[o], sum_dy[o, k], sum_dyx[o, k])
+    _sum_items(sum_dy, sum_dyx, total_dy, total_dyx)
+    for o in range(O):
+        for c in range(C):
+            # sum(dy * (x - mean)) = sum(dy * (x - m_hi)) + (m_hi - mean) * sum(dy)
+            total_dyx[o, c] += (np.float64(m_hi[o, c]) - mean[o, c]) * total_dy[o, c]
 
 
 def grad_sums(x4, dy4, mean):
@@ -375,15 +390,13 @@ def grad_sums(x4, dy4, mean):
     per_item = rows_per_item(x4)
     k = items(A, per_item)
     sum_dy, sum_dyx = scratch.zeros((O, k, C)), scratch.zeros((O, k, C))
+    total_dy, total_dyx = np.empty((O, C)), np.empty((O, C))
     if B == 1:
-        # The mean in the data's dtype (no float64 per element); its rounding error is added below.
-        m_hi, error = _rounded_mean(x4, mean)
-        _grad_sums_lanes(x4.reshape(O, A, C), dy4.reshape(O, A, C), m_hi, per_item, sum_dy, sum_dyx,
-                         work=x4.size)
-        total_dy = sum_dy.sum(axis=1)
-        return total_dy, sum_dyx.sum(axis=1) + error * total_dy
-    _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx, work=x4.size)
-    return sum_dy.sum(axis=1), sum_dyx.sum(axis=1)
+        _grad_sums_lanes(x4.reshape(O, A, C), dy4.reshape(O, A, C), mean, per_item, sum_dy, sum_dyx,
+                         total_dy, total_dyx, work=x4.size)
+    else:
+        _grad_sums_rows(x4, dy4, mean, per_item, sum_dy, sum_dyx, total_dy, total_dyx, work=x4.size)
+    return total_dy, total_dyx
 
 
 @kernel
