@@ -43,6 +43,8 @@ def rows_view(x, axes):
 
 def slices_view(v, axis):
     """``v`` as rows, one per index of ``axis`` (a single row when ``axis`` is None), and the way back."""
+    if axis == 0:  # (the common call, without a generator)
+        return rows_view(v, tuple(range(1, v.ndim)))
     return rows_view(v, tuple(i for i in range(v.ndim) if axis is None or i != axis))
 
 

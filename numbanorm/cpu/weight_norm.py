@@ -13,9 +13,11 @@ from . import rowwise
 
 
 def _row_weights(p, length):
-    g = p["g"].astype(np.float64).reshape(-1)
+    """The magnitudes (``exp(g)`` with ``log_scale``) and the rows' RMS-norm weights, ``/ sqrt(L)``,
+    in the compute dtype (the kernel takes them in it)."""
+    g = p["g"].reshape(-1)
     scale = np.exp(g) if p["log_scale"] else g
-    return scale, scale / math.sqrt(max(length, 1))
+    return scale, scale * (1.0 / math.sqrt(max(length, 1)))
 
 
 def forward(v, p):
@@ -33,7 +35,7 @@ def backward(dw, cache):
     v2 = s["v2"]
     length = v2.shape[1]
     scale, weight = _row_weights(p, length)
-    dv2, dweight, _ = rowwise.backward(v2, dw2, weight.astype(v2.dtype), v2.shape[0], 1,
+    dv2, dweight, _ = rowwise.backward(v2, dw2, weight, v2.shape[0], 1,
                                        np.zeros(v2.shape[0]), s["rstd"], False)
     dg = dweight / math.sqrt(max(length, 1))
     if p["log_scale"]:
