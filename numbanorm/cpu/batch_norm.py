@@ -46,7 +46,8 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
     """
     if batch_stats and x4.shape[3] == 1 and x4.shape[0] >= channelwise.SAMPLE_ITEMS_FROM:
         dx4, sum_dy, sum_dyx = channelwise.sample_grads(x4, dy4, mean, rstd, weight, group_size)
-        dweight, dbias = (sum_dyx * rstd).sum(axis=0), sum_dy.sum(axis=0)
+        dweight, dbias = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
+        channelwise.add_param_grads(sum_dy, sum_dyx, rstd, dweight, dbias)
         return dx4, None if weight is None else dweight, None if bias is None else dbias
     dx4 = outputs.empty_like(x4)
     C = mean.shape[1]
@@ -57,8 +58,7 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
         sum_dy, sum_dyx = channelwise.grad_sums(x4[s], dy4[s], mean[s])
         terms = channelwise.dx_terms(x4, mean[s], rstd[s], sum_dy, sum_dyx, n, w, batch_stats, group_size)
         channelwise.dx_apply(x4[s], dy4[s], *terms, out=dx4[s])
-        dweight += (sum_dyx * rstd[s]).sum(axis=0)
-        dbias += sum_dy.sum(axis=0)
+        channelwise.add_param_grads(sum_dy, sum_dyx, rstd[s], dweight, dbias)
     return dx4, None if weight is None else dweight, None if bias is None else dbias
 
 
@@ -67,7 +67,7 @@ def forward(x, p):
     if p.training:
         n, mean, var = channelwise.moments(x4)
         if p.update_running:
-            channelwise.update_running(p.running_mean, p.running_var, mean[0], var[0], n, p.factor)
+            channelwise.update_running_stats(p.running_mean, p.running_var, mean[0], var[0], n, p.factor)
     else:
         mean, var = p.running_mean.astype(np.float64)[None], p.running_var.astype(np.float64)[None]
     y4, rstd = normalize_channels(x4, mean, var, p.eps, p.weight, p.bias)

@@ -17,7 +17,7 @@ def forward(x, p):
     x4 = channel_view(x, p.axis)[None]
     n, mean, var = channelwise.moments(x4)
     r, d = renorm_correction(mean[0], var[0], p.running_mean, p.running_var, p.eps, p.rmax, p.dmax)
-    channelwise.update_running(p.running_mean, p.running_var, mean[0], var[0], n, p.factor)
+    channelwise.update_running_stats(p.running_mean, p.running_var, mean[0], var[0], n, p.factor)
     rstd = 1.0 / np.sqrt(var + p.eps)
     weight = np.ones_like(r) if p.weight is None else p.weight.astype(np.float64)
     bias = np.zeros_like(r) if p.bias is None else p.bias.astype(np.float64)

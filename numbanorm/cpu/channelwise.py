@@ -231,15 +231,17 @@ def _running_averages(running_mean, running_var, mean, var, unbias, factor):
         running_var[c] = keep * np.float64(running_var[c]) + factor * (var[c] * unbias)
 
 
-def update_running(running_mean, running_var, mean, var, n, factor):
+_INDEXABLE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def update_running_stats(running_mean, running_var, mean, var, n, factor):
     """PyTorch's running averages, in place: ``running = (1 - factor) * running + factor * stat``
     of the float64 per-channel batch ``mean`` and unbiased variance ``var * n / (n - 1)``.
 
     One compiled call instead of ten NumPy ones; float16 buffers (which Numba cannot
     index on the CPU) take the host's NumPy path.
     """
-    if running_mean.dtype.kind == "f" and running_mean.dtype.itemsize >= 4 \
-            and running_var.dtype.kind == "f" and running_var.dtype.itemsize >= 4:
+    if running_mean.dtype in _INDEXABLE and running_var.dtype in _INDEXABLE:
         _running_averages(running_mean, running_var, mean, var, n / (n - 1), factor)
     else:
         _host.update_running(running_mean, mean, factor)
@@ -464,6 +466,16 @@ def dx_terms(x4, mean, rstd, sum_dy, sum_dyx, n, weight, batch_stats, group_size
         _dx_terms_into(mean[o], rstd[o], sum_dy[o], sum_dyx[o], n, weight, batch_stats, group_size,
                        m_hi[o], s[o], p[o], q[o], r[o])
     return m_hi, s, p, q, r
+
+
+@helper
+def add_param_grads(sum_dy, sum_dyx, rstd, dweight, dbias):
+    """``dweight += sum(sum_dyx * rstd)`` and ``dbias += sum(sum_dy)`` over axis 0 of the float64
+    ``(O, C)`` sums, in the order of o: one compiled call instead of four NumPy ones."""
+    for o in range(sum_dy.shape[0]):
+        for c in range(sum_dy.shape[1]):
+            dweight[c] += sum_dyx[o, c] * rstd[o, c]
+            dbias[c] += sum_dy[o, c]
 
 
 def dx_apply(x4, dy4, m_hi, s, p, q, r, out=None):

@@ -37,7 +37,8 @@ def forward(x, p):
         y, saved = y4.reshape(x.shape), {"x4": x4}
     if p.update_running:
         n = x.size // max(x.shape[0] * channels, 1)
-        channelwise.update_running(p.running_mean, p.running_var, mean.mean(axis=0), var.mean(axis=0), n, p.factor)
+        channelwise.update_running_stats(p.running_mean, p.running_var, mean.mean(axis=0), var.mean(axis=0),
+                                         n, p.factor)
     saved.update(mean=mean, rstd=rstd)
     return y, mean, rstd, saved
 
