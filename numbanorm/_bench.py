@@ -761,21 +761,21 @@ def run_command(args, out=None):
                 # threads spin after each call (OpenBLAS for about 0.1 s) and take the cores
                 # from Numba's threads (measured: 2x the time of the op that follows).
                 t_ours, frac = run.against_copy(direction, repeat)
+                # The comparisons use ours timed alone, as torch and numpy are: between copies ours
+                # starts each call with cold caches, a handicap at the small size theirs lack.
+                alone = interleaved([getattr(run, direction)], repeat)[0] if tr or ref else None
                 over_torch = None
                 if tr is not None:
-                    # Each alone, as the other's threads spin: between copies ours starts with cold
-                    # caches, which at the small size would be a handicap torch's timing lacks.
-                    alone = interleaved([getattr(run, direction)], repeat)[0]
                     time.sleep(SETTLE_SECONDS)
                     over_torch = alone / interleaved([getattr(tr, direction)], repeat)[0]
                     time.sleep(SETTLE_SECONDS)
                 progress.step(f"{case.name} {direction}" + (" (and torch)" if tr is not None else ""))
-                t_ref = None
+                over_numpy = None
                 if ref is not None:
-                    t_ref = ref.time(direction, repeat)
+                    over_numpy = ref.time(direction, repeat) / alone
                     time.sleep(SETTLE_SECONDS)
                     progress.step(f"{case.name} {direction}: numpy")
-                measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, t_ref, over_torch))
+                measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, over_numpy, over_torch))
             del run, ref, tr
     finally:
         progress.close()
@@ -805,10 +805,9 @@ def run_command(args, out=None):
           "(read x, dy; write dx)", file=out)
 
     rows = []
-    for case, shape, n, direction, t, frac, t_ref, over_torch in measured:
+    for case, shape, n, direction, t, frac, over_numpy, over_torch in measured:
         rows.append((case.op, case.layout, "x".join(map(str, shape)), direction, t,
-                     achieved_bandwidth(n, direction, t), frac,
-                     None if t_ref is None else t_ref / t, over_torch))
+                     achieved_bandwidth(n, direction, t), frac, over_numpy, over_torch))
 
     head = ("op", "layout", "shape", "direction", "time", "GB/s", "of copy", "vs numpy", "/ torch")
     table = [head]
@@ -824,10 +823,10 @@ def run_command(args, out=None):
         print("  ".join(cells).rstrip(), file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
-    print("\nof copy: the op's GB/s over the copy's GB/s measured just before and after it, the median "
-          f"of {repeat} such pairs; vs numpy: speed-up over the numpy backend; "
-          "/ torch: time over PyTorch's, each timed alone, best of "
-          f"{repeat} (below 1: faster)", file=out)
+    print(f"\ntime, GB/s: best of {repeat} calls sampled in turn with a copy; of copy: the op's GB/s over "
+          f"the copy's GB/s measured just before and after it, the median of {repeat} such pairs; "
+          "vs numpy: speed-up over the numpy backend; / torch: time over PyTorch's (below 1: faster); "
+          "both ratios of best times, each side timed alone", file=out)
     return 0
 
 
