@@ -196,6 +196,10 @@ def best_time(fn, repeat=10, min_time=2e-4, budget=None):
     return timer.best
 
 
+# Samples the bench command's comparisons with numpy and torch take at the small size.
+SMALL_COMPARE_REPEAT = 100
+
+
 def default_repeat(backend, size, repeat=10):
     """The NumPy reference on large inputs takes a second a call: time it once."""
     return 1 if backend == "numpy" and size == "large" else repeat
@@ -730,6 +734,9 @@ def run_command(args, out=None):
     with_numpy = not args.no_numpy and args.backend != "numpy"
     with_torch = not args.no_torch and torch_available()
     repeat = max(1, args.repeat)
+    # In cache a call takes microseconds and one that waited for a core or found cold caches
+    # is common: the comparisons take the best of more calls there.
+    compare_repeat = repeat if args.size == "large" else max(repeat, SMALL_COMPARE_REPEAT)
 
     layer, threads = threading_info()
     nbytes = {c.name: int(np.prod(c.shape(args.size))) * np.dtype(args.dtype).itemsize for c in selected}
@@ -763,16 +770,16 @@ def run_command(args, out=None):
                 t_ours, frac = run.against_copy(direction, repeat)
                 # The comparisons use ours timed alone, as torch and numpy are: between copies ours
                 # starts each call with cold caches, a handicap at the small size theirs lack.
-                alone = interleaved([getattr(run, direction)], repeat)[0] if tr or ref else None
+                alone = interleaved([getattr(run, direction)], compare_repeat)[0] if tr or ref else None
                 over_torch = None
                 if tr is not None:
                     time.sleep(SETTLE_SECONDS)
-                    over_torch = alone / interleaved([getattr(tr, direction)], repeat)[0]
+                    over_torch = alone / interleaved([getattr(tr, direction)], compare_repeat)[0]
                     time.sleep(SETTLE_SECONDS)
                 progress.step(f"{case.name} {direction}" + (" (and torch)" if tr is not None else ""))
                 over_numpy = None
                 if ref is not None:
-                    over_numpy = ref.time(direction, repeat) / alone
+                    over_numpy = ref.time(direction, compare_repeat) / alone
                     time.sleep(SETTLE_SECONDS)
                     progress.step(f"{case.name} {direction}: numpy")
                 measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, over_numpy, over_torch))
@@ -826,7 +833,7 @@ def run_command(args, out=None):
     print(f"\ntime, GB/s: best of {repeat} calls sampled in turn with a copy; of copy: the op's GB/s over "
           f"the copy's GB/s measured just before and after it, the median of {repeat} such pairs; "
           "vs numpy: speed-up over the numpy backend; / torch: time over PyTorch's (below 1: faster); "
-          "both ratios of best times, each side timed alone", file=out)
+          f"both ratios of best times of {compare_repeat}, each side timed alone", file=out)
     return 0
 
 
