@@ -50,6 +50,9 @@ def slices_view(v, axis):
 
 def matrix_view(w, axis):
     """``w`` as the matrix ``(w.shape[axis], -1)`` (C-contiguous), and the way back to ``w``'s shape."""
+    if axis == 0 and w.flags.c_contiguous:  # (the common case, without moveaxis's per-call cost)
+        shape = w.shape
+        return w.reshape(shape[0], w.size // shape[0] if shape[0] else 0), lambda m: m.reshape(shape)
     moved = np.ascontiguousarray(np.moveaxis(w, axis, 0))
     rows = moved.shape[0]
     matrix = moved.reshape(rows, moved.size // rows if rows else 0)

@@ -1,153 +1,172 @@
-"""Spectral norm on the CPU: power iteration with Numba matrix-vector kernels.
+"""Spectral norm on the CPU: the power iteration and ``W / sigma`` in one compiled call, the gradient in another.
 
 The math is the reference's (numbanorm/reference/spectral_norm.py). Vectors and
-dot products are float64; each kernel splits its work by shape only (rows, or
+dot products are float64; every loop splits its work by shape only (rows, or
 fixed blocks of rows for ``W^T u``), so results do not depend on the threads.
 """
 import numpy as np
 from numba import prange
 
-from .._host import matrix_view, power_iteration
-from ._kernel import ITEM_ELEMENTS, cast_like, kernel, outputs, row_blocks, scratch
+from .._host import matrix_view
+from ._kernel import ITEM_ELEMENTS, cast_like, helper, kernel, outputs, row_blocks, row_helper, scratch
 from ._stream import store_fence, stream_row, streams
 
 
-@kernel
-def _matvec(W, v, out):
-    """``out = W v``: one float64 dot product per row."""
-    R, K = W.shape
-    Q = R // 4
-    for k in prange(Q):
-        # Four rows a step, one from each quarter of W: four sequential streams, v loaded once.
-        r0, r1, r2, r3 = W[k], W[Q + k], W[2 * Q + k], W[3 * Q + k]
-        t0 = 0.0
-        t1 = 0.0
-        t2 = 0.0
-        t3 = 0.0
-        for j in range(K):
-            vj = v[j]
-            t0 += r0[j] * vj
-            t1 += r1[j] * vj
-            t2 += r2[j] * vj
-            t3 += r3[j] * vj
-        out[k], out[Q + k], out[2 * Q + k], out[3 * Q + k] = t0, t1, t2, t3
-    for i in range(4 * Q, R):
-        row = W[i]
-        total = 0.0
-        for j in range(K):
-            total += row[j] * v[j]
-        out[i] = total
+@row_helper
+def _dot4(r0, r1, r2, r3, v):
+    """``(r0 . v, r1 . v, r2 . v, r3 . v)`` in float64: four rows a step, v loaded once."""
+    t0 = 0.0
+    t1 = 0.0
+    t2 = 0.0
+    t3 = 0.0
+    for j in range(v.shape[0]):
+        vj = v[j]
+        t0 += r0[j] * vj
+        t1 += r1[j] * vj
+        t2 += r2[j] * vj
+        t3 += r3[j] * vj
+    return t0, t1, t2, t3
 
 
-@kernel
-def _matvec_t(W, u, rows_per_item, partial):
-    """``partial[k] = W[rows of item k]^T u[rows of item k]``: row-major reads, one float64
-    partial per block of rows (summed afterwards in a fixed order)."""
-    R, K = W.shape
-    for k in prange(partial.shape[0]):
-        acc = partial[k]
-        start, end = k * rows_per_item, min(R, (k + 1) * rows_per_item)
-        # Four rows a step, one from each quarter of the block, as channelwise._lanes_moments:
-        # the float64 partial is loaded and stored once per four rows.
-        Q = (end - start) // 4
-        for i in range(start, start + Q):
-            r0, r1, r2, r3 = W[i], W[i + Q], W[i + 2 * Q], W[i + 3 * Q]
-            u0, u1, u2, u3 = u[i], u[i + Q], u[i + 2 * Q], u[i + 3 * Q]
-            for j in range(K):
-                acc[j] += (r0[j] * u0 + r1[j] * u1) + (r2[j] * u2 + r3[j] * u3)
-        for i in range(start + 4 * Q, end):
-            ui, row = u[i], W[i]
-            for j in range(K):
-                acc[j] += row[j] * ui
+@row_helper
+def _add_rows_times(W, u, start, end, acc):
+    """``acc = sum_{i in [start, end)} u[i] W[i]``: four rows a step, one from each quarter of
+    the block (four sequential streams), so the float64 ``acc`` is loaded and stored once per four rows."""
+    acc[:] = 0.0
+    Q = (end - start) // 4
+    for i in range(start, start + Q):
+        r0, r1, r2, r3 = W[i], W[i + Q], W[i + 2 * Q], W[i + 3 * Q]
+        u0, u1, u2, u3 = u[i], u[i + Q], u[i + 2 * Q], u[i + 3 * Q]
+        for j in range(acc.shape[0]):
+            acc[j] += (r0[j] * u0 + r1[j] * u1) + (r2[j] * u2 + r3[j] * u3)
+    for i in range(start + 4 * Q, end):
+        ui, row = u[i], W[i]
+        for j in range(acc.shape[0]):
+            acc[j] += row[j] * ui
 
 
-# Elements a work item of :func:`_scale` computes into its L1 buffer between streaming copies.
+@helper
+def _normalize(a, eps):
+    """``a /= max(||a||, eps)`` in place; returns nothing."""
+    total = 0.0
+    for i in range(a.shape[0]):
+        total += a[i] * a[i]
+    norm = max(np.sqrt(total), eps)
+    for i in range(a.shape[0]):
+        a[i] /= norm
+
+
+@row_helper
+def _scale_item(src, f, dst, start, end, stream):
+    """``dst[start:end] = src[start:end] * f`` (flat arrays); with ``stream``, block by block through
+    an L1 buffer and streaming stores (:mod:`._stream`)."""
+    if stream:
+        buffer = np.empty(STREAM_BLOCK, src.dtype)
+        for b0 in range(start, end, STREAM_BLOCK):
+            b1 = min(end, b0 + STREAM_BLOCK)
+            part, values = buffer[:b1 - b0], src[b0:b1]
+            for j in range(b1 - b0):
+                part[j] = values[j] * f
+            stream_row(part, dst[b0:b1])
+        store_fence()
+    else:
+        values, out = src[start:end], dst[start:end]
+        for j in range(end - start):
+            out[j] = values[j] * f
+
+
+# Elements :func:`_scale_item` computes into its L1 buffer between streaming copies.
 STREAM_BLOCK = 2048
 
+# Columns of the per-block partials of ``W^T u`` one work item adds up.
+COLUMN_CHUNK = 512
+
 
 @kernel
-def _scale(src, factor, dst, stream):
-    """``dst = src * factor`` over flat arrays, the product in their dtype; with ``stream``, block by
-    block through an L1 buffer and streaming stores (:mod:`._stream`)."""
+def _forward(W, u, steps, eps, training, rows_per_block, partial, v, w_v, y, stream):
+    """spectral_norm's forward in one call: the power iteration, as PyTorch's, then ``y = W / sigma``.
+
+    ``steps`` rounds of ``v = normalize(W^T u)``, ``w_v = W v``, and when ``training``
+    ``u = normalize(w_v)`` in place; ``sigma = u^T w_v``, returned. ``partial`` holds one
+    float64 row of ``W^T u`` per block of ``rows_per_block`` rows, added up in block order.
+    """
+    R, K = W.shape
+    blocks = partial.shape[0]
+    Q = R // 4
+    for _ in range(steps):
+        for k in prange(blocks):
+            _add_rows_times(W, u, k * rows_per_block, min(R, (k + 1) * rows_per_block), partial[k])
+        for c in prange((K + COLUMN_CHUNK - 1) // COLUMN_CHUNK):
+            start, end = c * COLUMN_CHUNK, min(K, (c + 1) * COLUMN_CHUNK)
+            v[start:end] = 0.0
+            for k in range(blocks):
+                part = partial[k]
+                for j in range(start, end):
+                    v[j] += part[j]
+        _normalize(v, eps)
+        # W v: four rows a step, one from each quarter of W.
+        for k in prange(Q):
+            w_v[k], w_v[Q + k], w_v[2 * Q + k], w_v[3 * Q + k] = _dot4(W[k], W[Q + k], W[2 * Q + k], W[3 * Q + k], v)
+        for i in range(4 * Q, R):
+            row = W[i]
+            total = 0.0
+            for j in range(K):
+                total += row[j] * v[j]
+            w_v[i] = total
+        if training:
+            u[:] = w_v
+            _normalize(u, eps)
+    sigma = 0.0
+    for i in range(R):
+        sigma += u[i] * w_v[i]
+    f = cast_like(W, 1.0 / max(sigma, eps))  # a zero weight gives zeros, not NaN
+    src, dst = W.reshape(-1), y.reshape(-1)
     n = src.shape[0]
-    f = cast_like(src, factor)
     for k in prange((n + ITEM_ELEMENTS - 1) // ITEM_ELEMENTS):
-        start, end = k * ITEM_ELEMENTS, min(n, (k + 1) * ITEM_ELEMENTS)
-        if stream:
-            buffer = np.empty(STREAM_BLOCK, src.dtype)
-            for b0 in range(start, end, STREAM_BLOCK):
-                b1 = min(end, b0 + STREAM_BLOCK)
-                part, values = buffer[:b1 - b0], src[b0:b1]
-                for j in range(b1 - b0):
-                    part[j] = values[j] * f
-                stream_row(part, dst[b0:b1])
-            store_fence()
-        else:
-            values, out = src[start:end], dst[start:end]
-            for j in range(end - start):
-                out[j] = values[j] * f
-
-
-def _scaled(W, factor):
-    """``W * factor`` into a new output, in W's dtype."""
-    y = outputs.empty_like(W)
-    _scale(W.reshape(-1), factor, y.reshape(-1), streams(y), work=W.size)
-    return y
+        _scale_item(src, f, dst, k * ITEM_ELEMENTS, min(n, (k + 1) * ITEM_ELEMENTS), stream)
+    return sigma
 
 
 @kernel
-def _row_inner(A, B, out):
-    """``out[i] = sum_j A[i, j] * B[i, j]``."""
-    for i in prange(A.shape[0]):
-        a, b = A[i], B[i]
+def _backward(dY, W, u, v, sigma, eps, inner, dW):
+    """``dW = dY / sigma - <dY, W> / sigma**2 * u v^T``; ``dY / eps`` where sigma was clamped to eps.
+    ``inner`` takes the float64 ``<dY, W>`` of each row, added up in row order."""
+    factor, coef = 1.0 / eps, 0.0
+    if sigma > eps:
+        for i in prange(dY.shape[0]):
+            a, b = dY[i], W[i]
+            total = 0.0
+            for j in range(dY.shape[1]):
+                total += a[j] * b[j]
+            inner[i] = total
         total = 0.0
-        for j in range(A.shape[1]):
-            total += a[j] * b[j]
-        out[i] = total
-
-
-@kernel
-def _minus_rank_one(dY, factor, coef, u, v, out):
-    """``out = dY * factor - coef * u v^T``."""
+        for i in range(inner.shape[0]):
+            total += inner[i]
+        factor, coef = 1.0 / sigma, total / sigma**2
     for i in prange(dY.shape[0]):
-        src, dst, ui = dY[i], out[i], coef * u[i]
+        src, dst, ui = dY[i], dW[i], coef * u[i]
         for j in range(dY.shape[1]):
             dst[j] = src[j] * factor - ui * v[j]
 
 
-def _w_v(W, v):
-    out = np.empty(W.shape[0])
-    _matvec(W, v, out, work=W.size)
-    return out
-
-
-def _wt_u(W, u):
-    R, K = W.shape
-    rows_per_item, blocks = row_blocks(R, K, K)
-    partial = scratch.zeros((blocks, K))
-    _matvec_t(W, u, rows_per_item, partial, work=W.size)
-    return partial.sum(axis=0)
-
-
 def forward(w, p):
     W, undo = matrix_view(w, p.axis)
-    u, v, sigma = power_iteration(lambda v: _w_v(W, v), lambda u: _wt_u(W, u), p.u.astype(np.float64),
-                                  p.n_power_iterations, p.eps, p.training)
+    R, K = W.shape
+    u = p.u.astype(np.float64)
+    rows_per_block, blocks = row_blocks(R, K, K)
+    partial, v, w_v = scratch.empty((blocks, K), np.float64), np.empty(K), np.empty(R)
+    y = outputs.empty_like(W)
+    steps = p.n_power_iterations if p.training else 1
+    sigma = _forward(W, u, steps, p.eps, p.training, rows_per_block, partial, v, w_v, y, streams(y),
+                     work=W.size * steps)
     if p.training:
         p.u[...] = u
-    clamped = max(sigma, p.eps)  # a zero weight gives zeros, not NaN
-    y = _scaled(W, 1.0 / clamped)
-    return undo(y), None, np.asarray(1.0 / clamped), {"W": W, "u": u, "v": v, "sigma": sigma}
+    return undo(y), None, np.asarray(1.0 / max(sigma, p.eps)), {"W": W, "u": u, "v": v, "sigma": sigma}
 
 
 def backward(dy, cache):
     p, s = cache.params, cache.saved
     dY, undo = matrix_view(dy, p["axis"])
-    W, u, v, sigma = s["W"], s["u"], s["v"], s["sigma"]
-    if sigma <= p["eps"]:  # sigma clamped to eps: a constant
-        return (undo(_scaled(dY, 1.0 / p["eps"])),)
     dW = outputs.empty_like(dY)
-    inner = np.empty(W.shape[0])
-    _row_inner(dY, W, inner, work=W.size)
-    _minus_rank_one(dY, 1.0 / sigma, float(inner.sum()) / sigma**2, u, v, dW, work=W.size)
+    _backward(dY, s["W"], s["u"], s["v"], s["sigma"], p["eps"], np.empty(dY.shape[0]), dW, work=dY.size)
     return (undo(dW),)
