@@ -1,8 +1,8 @@
 """The "cpu" backend's results do not depend on the number of threads or on concurrency.
 
 Shapes are large enough to take the parallel path. Results must be bitwise equal
-with one Numba thread and with all of them, and when 8 Python threads call the
-same op at once.
+with one Numba thread and with all of them (every op), and when 8 Python threads
+call the same op at once.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
+import numbanorm as nbn
 
 from _helpers import GRAD_NAMES, assert_bitwise, backward, copy_kwargs, forward, make_params, rng_for
 
@@ -57,22 +59,27 @@ def _assert_same(a, b):
         assert_bitwise(a[k], b[k], k)
 
 
-@pytest.mark.parametrize("s", SETUPS, ids=IDS)
-def test_bitwise_equal_for_any_thread_count(s):
-    x, dy, kw = _inputs(s)
+def _assert_thread_independent(run):
+    """``run()`` gives bitwise the same arrays with one Numba thread and with all of them."""
     most = numba.config.NUMBA_NUM_THREADS
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = _run(s, x, dy, kw)
+        one = run()
         numba.set_num_threads(most)
-        many = _run(s, x, dy, kw)
+        many = run()
         if most > 2:
             numba.set_num_threads(max(2, most // 2 + 1))  # an uneven split of the work too
-            _assert_same(_run(s, x, dy, kw), one)
+            _assert_same(run(), one)
     finally:
         numba.set_num_threads(before)
     _assert_same(many, one)
+
+
+@pytest.mark.parametrize("s", SETUPS, ids=IDS)
+def test_bitwise_equal_for_any_thread_count(s):
+    x, dy, kw = _inputs(s)
+    _assert_thread_independent(lambda: _run(s, x, dy, kw))
 
 
 @pytest.mark.parametrize("s", [SETUPS[0], SETUPS[3], SETUPS[6], SETUPS[9]], ids=[IDS[0], IDS[3], IDS[6], IDS[9]])
@@ -90,3 +97,70 @@ def test_repeated_calls_are_bitwise_equal():
     s = SETUPS[3]
     x, dy, kw = _inputs(s)
     _assert_same(_run(s, x, dy, kw), _run(s, x, dy, kw))
+
+
+# ----------------------------------------------------------------------------- the variants
+# Each runs forward and backward on "cpu" from fresh copies of its inputs and returns every
+# array it produced or wrote (running statistics, spectral norm's u).
+
+def _batch_renorm(x, dy, rng, axis=1):
+    c = x.shape[axis]
+    kw = dict(weight=rng.uniform(0.5, 1.5, c).astype(np.float32), bias=rng.standard_normal(c).astype(np.float32),
+              running_mean=(0.3 * rng.standard_normal(c)).astype(np.float32),
+              running_var=rng.uniform(0.5, 2.0, c).astype(np.float32))
+
+    def run():
+        k = copy_kwargs(kw)
+        y, cache = nbn.batch_renorm_forward(x, training=True, rmax=1.5, dmax=0.5, axis=axis, backend="cpu", **k)
+        dx, dw, db = nbn.batch_renorm_backward(dy, cache)
+        return dict(y=y, dx=dx, dweight=dw, dbias=db, running_mean=k["running_mean"], running_var=k["running_var"])
+    return run
+
+
+def _local_response_norm(x, dy, rng, axis=1):
+    def run():
+        y, cache = nbn.local_response_norm_forward(x, 5, alpha=1e-2, axis=axis, backend="cpu")
+        return dict(y=y, dx=nbn.local_response_norm_backward(dy, cache)[0])
+    return run
+
+
+def _weight_norm(x, dy, rng, axis=0):
+    g = rng.uniform(0.5, 1.5, () if axis is None else x.shape[axis]).astype(np.float32)
+
+    def run():
+        y, cache = nbn.weight_norm_forward(x, g, axis=axis, backend="cpu")
+        dv, dg = nbn.weight_norm_backward(dy, cache)
+        return dict(y=y, dv=dv, dg=dg)
+    return run
+
+
+def _spectral_norm(x, dy, rng, axis=0):
+    u0 = rng.standard_normal(x.shape[axis]).astype(np.float32)
+
+    def run():
+        u = u0.copy()
+        y, cache = nbn.spectral_norm_forward(x, u, n_power_iterations=2, axis=axis, backend="cpu")
+        return dict(y=y, u=u, dw=nbn.spectral_norm_backward(dy, cache)[0], sigma=np.asarray(cache.sigma))
+    return run
+
+
+VARIANTS = [
+    (_batch_renorm, (16, 8, 30, 30), {}),
+    (_batch_renorm, (16, 30, 30, 8), dict(axis=-1)),
+    (_local_response_norm, (8, 16, 20, 20), {}),
+    (_local_response_norm, (8, 20, 20, 16), dict(axis=-1)),
+    (_weight_norm, (300, 512), {}),
+    (_weight_norm, (64, 32, 5, 5), dict(axis=1)),
+    (_weight_norm, (300, 512), dict(axis=None)),
+    (_spectral_norm, (300, 517), {}),
+    (_spectral_norm, (64, 32, 5, 5), dict(axis=1)),
+]
+VARIANT_IDS = [f"{f.__name__[1:]}-{'x'.join(map(str, shape))}-{kw}" for f, shape, kw in VARIANTS]
+
+
+@pytest.mark.parametrize("make, shape, kw", VARIANTS, ids=VARIANT_IDS)
+def test_variants_bitwise_equal_for_any_thread_count(make, shape, kw):
+    rng = rng_for("determinism-variants", make.__name__, shape, tuple(kw.items()))
+    x = (1.0 + 2.0 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    _assert_thread_independent(make(x, dy, rng, **kw))
