@@ -158,9 +158,24 @@ VARIANTS = [
 VARIANT_IDS = [f"{f.__name__[1:]}-{'x'.join(map(str, shape))}-{kw}" for f, shape, kw in VARIANTS]
 
 
-@pytest.mark.parametrize("make, shape, kw", VARIANTS, ids=VARIANT_IDS)
-def test_variants_bitwise_equal_for_any_thread_count(make, shape, kw):
+def _variant_run(make, shape, kw):
+    """The ``run`` of one of :data:`VARIANTS`, on its inputs."""
     rng = rng_for("determinism-variants", make.__name__, shape, tuple(kw.items()))
     x = (1.0 + 2.0 * rng.standard_normal(shape)).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
-    _assert_thread_independent(make(x, dy, rng, **kw))
+    return make(x, dy, rng, **kw)
+
+
+@pytest.mark.parametrize("make, shape, kw", VARIANTS, ids=VARIANT_IDS)
+def test_variants_bitwise_equal_for_any_thread_count(make, shape, kw):
+    _assert_thread_independent(_variant_run(make, shape, kw))
+
+
+@pytest.mark.parametrize("make, shape, kw", VARIANTS[::2], ids=VARIANT_IDS[::2])
+def test_variants_concurrent_python_threads_get_identical_results(make, shape, kw):
+    run = _variant_run(make, shape, kw)
+    single = run()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [f.result(timeout=300) for f in [pool.submit(run) for _ in range(8)]]
+    for r in results:
+        _assert_same(r, single)
