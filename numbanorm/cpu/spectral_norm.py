@@ -10,6 +10,16 @@ from numba import prange
 from .._host import matrix_view
 from ._kernel import ITEM_ELEMENTS, cast_like, helper, kernel, outputs, row_blocks, row_helper, scratch
 from ._stream import store_fence, stream_row, streams
+from ._sums import sum_squares
+
+
+@row_helper
+def _dot(a, b):
+    """``a . b`` of two rows in float64."""
+    total = 0.0
+    for j in range(a.shape[0]):
+        total += a[j] * b[j]
+    return total
 
 
 @row_helper
@@ -48,10 +58,7 @@ def _add_rows_times(W, u, start, end, acc):
 @helper
 def _normalize(a, eps):
     """``a /= max(||a||, eps)`` in place; returns nothing."""
-    total = 0.0
-    for i in range(a.shape[0]):
-        total += a[i] * a[i]
-    norm = max(np.sqrt(total), eps)
+    norm = max(np.sqrt(sum_squares(a)), eps)
     for i in range(a.shape[0]):
         a[i] /= norm
 
@@ -108,11 +115,7 @@ def _forward(W, u, steps, eps, training, rows_per_block, partial, v, w_v, y, str
         for k in prange(Q):
             w_v[k], w_v[Q + k], w_v[2 * Q + k], w_v[3 * Q + k] = _dot4(W[k], W[Q + k], W[2 * Q + k], W[3 * Q + k], v)
         for i in range(4 * Q, R):
-            row = W[i]
-            total = 0.0
-            for j in range(K):
-                total += row[j] * v[j]
-            w_v[i] = total
+            w_v[i] = _dot(W[i], v)
         if training:
             u[:] = w_v
             _normalize(u, eps)
@@ -134,11 +137,7 @@ def _backward(dY, W, u, v, sigma, eps, inner, dW):
     factor, coef = 1.0 / eps, 0.0
     if sigma > eps:
         for i in prange(dY.shape[0]):
-            a, b = dY[i], W[i]
-            total = 0.0
-            for j in range(dY.shape[1]):
-                total += a[j] * b[j]
-            inner[i] = total
+            inner[i] = _dot(dY[i], W[i])
         total = 0.0
         for i in range(inner.shape[0]):
             total += inner[i]
