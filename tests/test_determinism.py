@@ -76,6 +76,16 @@ def _assert_thread_independent(run):
     _assert_same(many, one)
 
 
+def _assert_concurrent_same(run):
+    """``run()`` called by 8 Python threads at once gives bitwise what one call gives."""
+    single = run()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(run) for _ in range(8)]
+        results = [f.result(timeout=300) for f in futures]
+    for r in results:
+        _assert_same(r, single)
+
+
 @pytest.mark.parametrize("s", SETUPS, ids=IDS)
 def test_bitwise_equal_for_any_thread_count(s):
     x, dy, kw = _inputs(s)
@@ -85,12 +95,7 @@ def test_bitwise_equal_for_any_thread_count(s):
 @pytest.mark.parametrize("s", [SETUPS[0], SETUPS[3], SETUPS[6], SETUPS[9]], ids=[IDS[0], IDS[3], IDS[6], IDS[9]])
 def test_concurrent_python_threads_get_identical_results(s):
     x, dy, kw = _inputs(s)
-    single = _run(s, x, dy, kw)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = [pool.submit(_run, s, x, dy, kw) for _ in range(8)]
-        results = [f.result(timeout=300) for f in futures]
-    for r in results:
-        _assert_same(r, single)
+    _assert_concurrent_same(lambda: _run(s, x, dy, kw))
 
 
 def test_repeated_calls_are_bitwise_equal():
@@ -173,9 +178,4 @@ def test_variants_bitwise_equal_for_any_thread_count(make, shape, kw):
 
 @pytest.mark.parametrize("make, shape, kw", VARIANTS[::2], ids=VARIANT_IDS[::2])
 def test_variants_concurrent_python_threads_get_identical_results(make, shape, kw):
-    run = _variant_run(make, shape, kw)
-    single = run()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = [f.result(timeout=300) for f in [pool.submit(run) for _ in range(8)]]
-    for r in results:
-        _assert_same(r, single)
+    _assert_concurrent_same(_variant_run(make, shape, kw))
