@@ -1,11 +1,13 @@
-"""Launch helpers: launch configurations, and moving arrays to and from the kernels' layouts.
+"""Hardware facts and launch choices: every number that decides a launch lives here.
 
-Every kernel reads C-contiguous device arrays in the compute dtype (float32 or
-float64; outputs may be float16, cast on store) and loops grid-stride, so a grid
-may be smaller than the work.
-Row kernels run ``(lanes, rows)`` blocks (see :mod:`._reduce`): a warp per row
-for short rows, a block per row for long ones. The configurations depend on
-the shapes only (never on timing or scheduling), so results are reproducible.
+Every kernel is declared with :func:`kernel`, which fixes the most threads a
+block of it may have (``launch_bounds``): ptxas then keeps the kernel's
+registers within ``REGISTERS_PER_BLOCK / max_threads``, so no launch made
+through this module can fail for lack of registers, on any GPU from sm_70 to
+sm_90 (``tests/test_gpu_static.py`` compiles every kernel with ptxas and checks
+it, spills included). The configurations depend on the shapes only, never on
+the GPU model, timing or scheduling, so every GPU computes the same bits (as
+the CPU backend does for any thread count).
 
 Under the CUDA simulator every thread is a Python thread, about a millisecond
 each: the same kernels run with the geometry scaled down (a "warp" of 4 lanes,
@@ -17,14 +19,20 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 from numba import config, cuda
-
-from .. import _host
-from ._reduce import WARP, MAX_THREADS
 
 SIM = bool(config.ENABLE_CUDASIM)
 
+# ----------------------------------------------------------------------------- hardware facts (sm_70 - sm_90)
+WARP = 32
+MAX_THREADS = 1024             # threads of a block
+REGISTERS_PER_BLOCK = 65536    # and per SM
+SHARED_PER_BLOCK = 48 * 1024   # dynamic shared memory a block gets without opting in
+MAX_THREADS_PER_SM = {(7, 0): 2048, (7, 5): 1024, (8, 0): 2048, (8, 6): 1536, (8, 9): 1536, (9, 0): 2048}
+MAX_BLOCKS_PER_SM = {(7, 0): 32, (7, 5): 16, (8, 0): 32, (8, 6): 16, (8, 9): 24, (9, 0): 32}
+REGISTER_GRANULE = 256         # registers are allocated per warp in units of this many
+
+# ----------------------------------------------------------------------------- launch choices
 if SIM:
     ROW_WARP = 4          # lanes of a row when a warp works on it
     BLOCK = 16            # threads of a block
@@ -38,10 +46,35 @@ else:
     LONG_ROW = 1024
     MAX_LANES = MAX_THREADS
 ELEMENTS_PER_LANE = 8     # a block per row gets about this many elements per lane
+# Partial rows of a two-stage reduction (dweight, dbias, channel sums): a fixed
+# number for a shape, so the order of the additions, and so the bits, never
+# depend on the GPU. 256 fills 132 SMs about twice and keeps LN's partials at
+# 1/16 of x for 4096 rows.
+PARTIAL_ROWS = 4 if SIM else 256
 # Shared memory a row kernel may fill with its rows so that later passes do not
-# re-read global memory: the 48 KiB a block gets without opting in. Small in the
-# simulator, so its tests take both paths.
-ROW_CACHE_BYTES = 1024 if SIM else 48 * 1024
+# re-read global memory. Small in the simulator, so its tests take both paths.
+ROW_CACHE_BYTES = 1024 if SIM else SHARED_PER_BLOCK
+
+
+def kernel(fn=None, *, max_threads=MAX_THREADS):
+    """``cuda.jit`` for a kernel whose blocks never have more than ``max_threads`` threads.
+
+    On a GPU the bound goes to ptxas as ``launch_bounds``, which caps the
+    registers per thread at ``REGISTERS_PER_BLOCK // max_threads``; the
+    simulator has no such option. The bound is kept on the Python function
+    (``max_threads``) for the launches and the static check to read.
+    """
+    def declare(f):
+        f.max_threads = max_threads
+        if SIM:
+            return cuda.jit(f)
+        return cuda.jit(f, launch_bounds=(max_threads,))
+    return declare if fn is None else declare(fn)
+
+
+def max_threads(k):
+    """The block-size bound a kernel was declared with."""
+    return k.py_func.max_threads
 
 
 def pow2_at_least(n):
@@ -80,165 +113,19 @@ def flat_config(n):
     return max(1, min(cdiv(n, threads), MAX_BLOCKS)), threads
 
 
-@functools.lru_cache(maxsize=1)
 def partial_rows_limit():
-    """How many blocks a kernel writing per-block partial sums gets: enough to fill the GPU."""
-    if SIM:
-        return MAX_BLOCKS
-    return 4 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+    """How many blocks a kernel writing per-block partial sums gets: fixed, so results do not
+    depend on the GPU (see PARTIAL_ROWS)."""
+    return PARTIAL_ROWS
 
 
-# ----------------------------------------------------------------------------- device arrays
-
-def is_host(a):
-    return isinstance(a, np.ndarray)
-
-
-def device_view(obj):
-    """A Numba device array sharing the memory of ``obj`` (a CuPy array, a torch CUDA tensor...)."""
-    if hasattr(obj, "__cuda_ndarray__"):
-        return obj
-    return cuda.as_cuda_array(obj)
-
-
-def empty(shape, dtype):
-    return cuda.device_array(shape, np.dtype(dtype))
-
-
-def full(shape, value, dtype):
-    return cuda.to_device(np.full(shape, value, np.dtype(dtype)))
-
-
-def to_host(d, host):
-    """``d`` copied to the host when ``host`` (the caller gave host arrays), else ``d``."""
-    return d.copy_to_host() if host and d is not None else d
-
-
-if SIM:
-    def _view(d, shape, strides):
-        return type(d)(np.lib.stride_tricks.as_strided(np.asarray(d), shape, strides))
-else:
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
-    def _view(d, shape, strides):
-        return DeviceNDArray(shape, strides, d.dtype, stream=d.stream, gpu_data=d.gpu_data)
-
-
-def transposed(d, perm):
-    """The device array ``d`` with its axes permuted: a view, no copy."""
-    perm = list(perm)
-    if perm == list(range(d.ndim)):
-        return d
-    return _view(d, tuple(d.shape[i] for i in perm), tuple(d.strides[i] for i in perm))
-
-
-def _merged_axes(shape, strides):
-    """Shape and strides of the same elements in the same order, with as few axes as possible."""
-    out_shape, out_strides = [], []
-    for n, s in zip(shape, strides):
-        if n == 1:
-            continue
-        if out_shape and out_strides[-1] == n * s:  # this axis continues the previous one
-            out_shape[-1] *= n
-            out_strides[-1] = s
-        else:
-            out_shape.append(n)
-            out_strides.append(s)
-    return out_shape, out_strides
-
-
-@cuda.jit
-def _gather(src, dst, shape, strides):
-    """``dst[i]`` = element ``i``, in C order, of the array of ``shape`` and element ``strides`` over ``src``.
-
-    A strided copy (cast on store): ``src`` is a flat view starting at the first element.
-    """
-    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
-        k = i
-        offset = 0
-        for axis in range(len(shape) - 1, -1, -1):
-            offset += (k % shape[axis]) * strides[axis]
-            k //= shape[axis]
-        dst[i] = src[offset]
-
-
-def permuted(d, perm, dtype, copy=False):
-    """A C-contiguous device copy of ``d`` with axes ``perm``, cast to ``dtype``.
-
-    Unless ``copy``, ``d`` itself when it is one already: nothing is copied then.
-    """
-    dtype = np.dtype(dtype)
-    src = transposed(d, perm)
-    if src.dtype == dtype and src.is_c_contiguous() and not copy:
-        return src
-    out = empty(src.shape, dtype)
-    if out.size:
-        item = src.dtype.itemsize
-        shape, strides = _merged_axes(src.shape, [s // item for s in src.strides])
-        if any(s < 0 for s in strides):
-            raise NotImplementedError("device arrays with negative strides are not supported")
-        span = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
-        grid, block = flat_config(out.size)
-        _gather[grid, block](_view(src, (span,), (item,)), out.reshape(out.size),
-                             tuple(shape) or (1,), tuple(strides) or (1,))
-    return out
-
-
-def to_device(a, dtype=None, copy=False):
-    """``a`` as a C-contiguous device array of ``dtype`` (default its own).
-
-    Host arrays are copied over; a device array is cast or made contiguous on
-    the device, and returned as it is when it already fits (unless ``copy``).
-    """
-    if a is None:
-        return None
-    dtype = a.dtype if dtype is None else np.dtype(dtype)
-    if is_host(a):
-        return cuda.to_device(np.ascontiguousarray(a, dtype))
-    return permuted(a, range(a.ndim), dtype, copy)
-
-
-def give(d, dtype, host):
-    """The result ``d`` cast to ``dtype``, copied to the host when ``host`` (None passes)."""
-    if d is None:
-        return None
-    return to_host(to_device(d, dtype), host)
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(n, fill, dtype):
-    return cuda.to_device(np.full(n, fill, dtype))
-
-
-def vector(a, n, fill, dtype):
-    """An affine parameter as a flat device vector of ``n`` entries; ``fill`` when it is absent."""
-    return _constant(n, fill, np.dtype(dtype)) if a is None else to_device(a, dtype).reshape(n)
-
-
-# ----------------------------------------------------------------------------- canonical views
-
-def rows(x, axes, dtype):
-    """``x`` as C-contiguous device rows ``(R, L)`` of ``dtype``, ``axes`` last; and the way back.
-
-    Host input is laid out on the host, as the CPU backend does, then copied over;
-    device input is permuted on the device (no copy when it is laid out already).
-    ``undo(y2)`` gives an array of ``x``'s shape and kind: a transposed view
-    where axes moved, copied to the host for host input.
-    """
-    if is_host(x):
-        x2, undo = _host.rows_view(x, axes)
-        return to_device(x2, dtype), lambda y2: undo(y2.copy_to_host())
-    keep = [i for i in range(x.ndim) if i not in axes]
-    perm = keep + list(axes)
-    moved = permuted(x, perm, dtype)
-    shape = (math.prod(x.shape[i] for i in keep), math.prod(x.shape[a] for a in axes))
-    inverse = [perm.index(i) for i in range(x.ndim)]
-    return moved.reshape(shape), lambda y2: transposed(y2.reshape(moved.shape), inverse)
-
-
-def channels(x, axis, dtype):
-    """``x`` as a C-contiguous device ``(A, C, B)`` array of ``dtype``, channel axis in the middle."""
-    shape = (math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
-    if is_host(x):
-        return to_device(_host.channel_view(x, axis), dtype), lambda y3: y3.copy_to_host().reshape(x.shape)
-    return permuted(x, range(x.ndim), dtype).reshape(shape), lambda y3: y3.reshape(x.shape)
+def occupancy(threads, registers, shared_bytes, cc=(9, 0)):
+    """Theoretical occupancy (resident threads over the SM's maximum) of blocks of ``threads``
+    threads using ``registers`` registers each and ``shared_bytes`` of shared memory."""
+    warps = cdiv(threads, WARP)
+    per_warp = cdiv(max(registers, 1) * WARP, REGISTER_GRANULE) * REGISTER_GRANULE
+    by_registers = REGISTERS_PER_BLOCK // (per_warp * warps) if registers else MAX_BLOCKS_PER_SM[cc]
+    shared_per_sm = {(7, 0): 96, (7, 5): 64, (8, 0): 164, (8, 6): 100, (8, 9): 100, (9, 0): 228}[cc] * 1024
+    by_shared = shared_per_sm // shared_bytes if shared_bytes else MAX_BLOCKS_PER_SM[cc]
+    blocks = min(by_registers, by_shared, MAX_BLOCKS_PER_SM[cc], MAX_THREADS_PER_SM[cc] // (warps * WARP))
+    return blocks * warps * WARP / MAX_THREADS_PER_SM[cc]

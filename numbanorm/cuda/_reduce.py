@@ -7,7 +7,9 @@ block it works on, ``blockDim.x`` a power of two. On a GPU the lanes of a row
 are one warp (a warp per row) or several (a block per row) and the sum is a
 warp-shuffle butterfly; under the CUDA simulator, which has no warp shuffles,
 it is a tree in shared memory. Both are chosen here at import and have the
-same interface. Every thread of the block must call it (it synchronizes).
+same interface, and both begin with a block barrier (``syncthreads``), so a
+kernel that passes in the simulator does not race on a GPU. Every thread of
+the block must call it.
 
 Its scratch space is the start of the block's dynamic shared memory,
 ``scratch_bytes(block, dtype)`` given at launch; a kernel may ask for more and
@@ -23,8 +25,7 @@ per column, in a fixed order, so results do not depend on scheduling.
 import numpy as np
 from numba import config, cuda
 
-WARP = 32
-MAX_THREADS = 1024
+from ._launch import BLOCK, MAX_BLOCKS, ROW_WARP, WARP, cdiv, kernel, pow2_at_least
 
 if config.ENABLE_CUDASIM:
     def _slots(lanes, rows):
@@ -85,6 +86,7 @@ else:
 
         ``scratch`` is the dynamic shared array, of the dtype of ``a`` and ``b``.
         """
+        cuda.syncthreads()  # as the simulator's does: a kernel can rely on the same barrier on both
         a, b = _sum_warp(a, b)
         lanes = cuda.blockDim.x
         if lanes == WARP:  # a warp per row: done
@@ -95,7 +97,6 @@ else:
         lane = cuda.threadIdx.x
         first = cuda.threadIdx.y * warps
         half = warps * cuda.blockDim.y  # b's slots follow a's
-        cuda.syncthreads()  # the warps are done reading the previous sum
         if lane % WARP == 0:
             scratch[first + lane // WARP] = a
             scratch[half + first + lane // WARP] = b
@@ -113,18 +114,49 @@ def scratch_bytes(block, dtype):
     return 2 * _slots(lanes, rows) * np.dtype(dtype).itemsize
 
 
-@cuda.jit
-def column_sums(part_a, part_b, out_a, out_b):
-    """``out_a[k] = sum(part_a[:, k])`` and the same for ``b``: one thread per column, rows in order.
+@kernel
+def _column_sums(part_a, part_b, out_a, out_b):
+    """``out_a[k] = sum(part_a[:, k])`` and the same for ``b``, in a fixed order.
 
+    A block is ``(columns, groups)`` threads: thread ``(i, g)`` adds partial rows
+    ``g, g + groups, ...`` of its column in order, then thread ``(i, 0)`` adds the
+    groups' subtotals in order. Neighbouring threads read neighbouring columns.
     The partials are summed in their own dtype; the stores cast to the outputs'.
     """
+    scratch = cuda.shared.array(0, part_a.dtype)  # a's subtotals, then b's; sized at launch
+    zero = part_a.dtype.type(0)
     P, K = part_a.shape
-    for k in range(cuda.grid(1), K, cuda.gridsize(1)):
-        a = part_a[0, k]
-        b = part_b[0, k]
-        for p in range(1, P):
-            a += part_a[p, k]
-            b += part_b[p, k]
-        out_a[k] = a
-        out_b[k] = b
+    i, g = cuda.threadIdx.x, cuda.threadIdx.y
+    columns, groups = cuda.blockDim.x, cuda.blockDim.y
+    half = columns * groups
+    for first in range(cuda.blockIdx.x * columns, K, cuda.gridDim.x * columns):  # the same trips for the block
+        k = first + i
+        a = zero
+        b = zero
+        if k < K:
+            for p in range(g, P, groups):
+                a += part_a[p, k]
+                b += part_b[p, k]
+        cuda.syncthreads()  # the previous columns' subtotals are read
+        scratch[g * columns + i] = a
+        scratch[half + g * columns + i] = b
+        cuda.syncthreads()
+        if g == 0 and k < K:
+            for h in range(1, groups):
+                a += scratch[h * columns + i]
+                b += scratch[half + h * columns + i]
+            out_a[k] = a
+            out_b[k] = b
+
+
+def column_sums(part_a, part_b, out_a, out_b):
+    """Add up the ``(P, K)`` partial rows of two two-stage reductions per column into ``out_a``
+    and ``out_b`` (shape ``(K,)``): in parallel over columns and partial rows, in a fixed order."""
+    P, K = part_a.shape
+    if K == 0:
+        return
+    columns = ROW_WARP
+    groups = max(1, min(BLOCK // columns, pow2_at_least(P)))
+    blocks = max(1, min(cdiv(K, columns), MAX_BLOCKS))
+    _column_sums[blocks, (columns, groups), 0, 2 * columns * groups * part_a.dtype.itemsize](
+        part_a, part_b, out_a, out_b)

@@ -1,6 +1,6 @@
 """Batch norm on the GPU: the per-channel statistics primitive in either layout."""
 from . import channelwise
-from ._launch import channels, give, is_host, to_host
+from ._arrays import channels, give, is_host, to_host
 
 
 def forward(x, p):

@@ -5,7 +5,7 @@ import numpy as np
 
 from .._host import renorm_correction
 from . import batch_norm, channelwise
-from ._launch import channels, give, is_host, to_device, to_host
+from ._arrays import channels, give, is_host, to_device, to_host
 
 
 def _host64(a):

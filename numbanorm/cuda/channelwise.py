@@ -28,8 +28,8 @@ import numpy as np
 from numba import cuda
 
 from .. import _host
-from ._launch import (SIM, cdiv, empty, flat_config, full, grid_config, is_host, partial_rows_limit, permuted,
-                      row_config, to_device, vector)
+from ._arrays import empty, full, is_host, permuted, to_device, vector
+from ._launch import cdiv, flat_config, grid_config, kernel, partial_rows_limit, row_config, SIM
 from ._reduce import column_sums, scratch_bytes, sum_lanes
 from .rowwise import moments as row_moments, segment
 
@@ -41,7 +41,7 @@ MIN_PIECE = 16 if SIM else 1 << 14
 
 # ----------------------------------------------------------------------------- statistics
 
-@cuda.jit
+@kernel
 def _chunk_moments(x2, per, mean_out, rss_out):
     """Channels-last: mean and rss of ``x2[k * per:(k + 1) * per, c]`` for every (k, c), in two passes."""
     T = x2.dtype.type
@@ -69,7 +69,7 @@ def _chunk_moments(x2, per, mean_out, rss_out):
             mean_out[k, c], rss_out[k, c] = mean, scale * T(math.sqrt(squares))
 
 
-@cuda.jit
+@kernel
 def _merge(mean_part, rss_part, count, sqrt_eps, mean_out, std_out, rstd_out):
     """Chan's merge, in order, of each channel's partials ``[k, c]``, of ``count[k]`` values each."""
     T = mean_part.dtype.type
@@ -92,7 +92,7 @@ def _merge(mean_part, rss_part, count, sqrt_eps, mean_out, std_out, rstd_out):
         rstd_out[c] = T(1) / math.hypot(std, sqrt_eps)
 
 
-@cuda.jit
+@kernel
 def _frozen_rstd(var, eps, rstd_out):
     """``rstd = 1 / sqrt(var + eps)`` of given (running) variances."""
     T = rstd_out.dtype.type
@@ -169,7 +169,7 @@ def frozen_stats(running_mean, running_var, eps, dtype):
     return mean, rstd
 
 
-@cuda.jit
+@kernel
 def _update_running(running, stat, power, scale, factor):
     """``running = (1 - factor) * running + factor * scale * mean(stat[:, c] ** power)``, in place."""
     T = stat.dtype.type
@@ -207,7 +207,7 @@ def _rows(x3):
     return x3.reshape(A, C), 1, C
 
 
-@cuda.jit
+@kernel
 def _normalize(x, y, mean, rstd, w, b, period, nseg):
     R, L = x.shape
     seg = L // nseg
@@ -247,7 +247,7 @@ def normalize(x3, mean, rstd, weight, bias, out_dtype):
 
 # ----------------------------------------------------------------------------- backward
 
-@cuda.jit
+@kernel
 def _plane_grad_sums(x, dy, mean, rstd, period, length, sum_dy, sum_dyx):
     """Channels-first: ``sum(dy)`` and ``sum(dy * xhat)`` over every piece ``[r, s * length:(s + 1) * length]``
     of the planes, row ``r`` being of channel ``r % period``; at ``[r, s]`` of the outputs."""
@@ -273,7 +273,7 @@ def _plane_grad_sums(x, dy, mean, rstd, period, length, sum_dy, sum_dyx):
             sum_dy[r, s], sum_dyx[r, s] = s1, s2
 
 
-@cuda.jit
+@kernel
 def _chunk_grad_sums(x2, dy2, mean, rstd, per, sum_dy, sum_dyx):
     """Channels-last: ``sum(dy)`` and ``sum(dy * xhat)`` over every (chunk of rows, channel)."""
     T = x2.dtype.type
@@ -292,7 +292,7 @@ def _chunk_grad_sums(x2, dy2, mean, rstd, per, sum_dy, sum_dyx):
             sum_dy[k, c], sum_dyx[k, c] = s1, s2
 
 
-@cuda.jit
+@kernel
 def _dx(x, dy, dx, mean, rstd, w, sum_dy, sum_dyx, inv_n, period, nseg):
     """``dx = rstd * w * (dy - (sum(dy) + xhat * sum(dy * xhat)) / n)`` per channel; inv_n = 0: frozen stats."""
     R, L = x.shape
@@ -338,8 +338,7 @@ def grad_sums(x3, dy3, mean, rstd):
         grid, block = grid_config(K, C)
         _chunk_grad_sums[grid, block](x3.reshape(A, C), dy3.reshape(A, C), mean, rstd, per, part_dy, part_dyx)
     sum_dy, sum_dyx = empty(C, dtype), empty(C, dtype)
-    grid, block = flat_config(C)
-    column_sums[grid, block](part_dy, part_dyx, sum_dy, sum_dyx)
+    column_sums(part_dy, part_dyx, sum_dy, sum_dyx)
     return sum_dy, sum_dyx
 
 

@@ -1,6 +1,6 @@
 """Group norm on the GPU: one row per (sample, group), one weight per channel segment of it."""
 from . import rowwise
-from ._launch import give, is_host, rows, to_host
+from ._arrays import give, is_host, rows, to_host
 
 
 def _group_rows(x, p):

@@ -1,7 +1,7 @@
 """Instance norm on the GPU: one row per (sample, channel); with running statistics it is
 batch norm in eval mode."""
 from . import channelwise, rowwise
-from ._launch import channels, give, is_host, rows, to_host
+from ._arrays import channels, give, is_host, rows, to_host
 from .batch_norm import channel_backward
 
 

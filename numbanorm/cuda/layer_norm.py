@@ -1,6 +1,6 @@
 """Layer norm on the GPU: the normalized axes become rows, one weight per element of a row."""
 from . import rowwise
-from ._launch import give, is_host, rows, to_host
+from ._arrays import give, is_host, rows, to_host
 
 CENTER = True
 

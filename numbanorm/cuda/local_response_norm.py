@@ -8,10 +8,11 @@ import math
 
 from numba import cuda
 
-from ._launch import channels, empty, grid_config
+from ._arrays import channels, empty
+from ._launch import grid_config, kernel
 
 
-@cuda.jit
+@kernel
 def _forward(x3, size, before, alpha_n, beta, k, y3, base3):
     A, C, B = x3.shape
     T = x3.dtype.type
@@ -28,7 +29,7 @@ def _forward(x3, size, before, alpha_n, beta, k, y3, base3):
             y3[a, c, b] = x3[a, c, b] * math.pow(s, -beta)
 
 
-@cuda.jit
+@kernel
 def _terms(x3, dy3, base3, beta, t3):
     """``t = dy * x * base**(-beta - 1)``."""
     A, C, B = x3.shape
@@ -41,7 +42,7 @@ def _terms(x3, dy3, base3, beta, t3):
             t3[a, c, b] = dy3[a, c, b] * x3[a, c, b] * math.pow(base3[a, c, b], power)
 
 
-@cuda.jit
+@kernel
 def _backward(x3, dy3, base3, t3, size, before, coef, beta, dx3):
     """``dx_c = dy_c * base_c**-beta - coef * x_c * sum(t over the channels whose window holds c)``."""
     A, C, B = x3.shape

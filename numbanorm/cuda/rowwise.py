@@ -33,7 +33,8 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._launch import ROW_CACHE_BYTES, cdiv, empty, flat_config, full, partial_rows_limit, row_config, vector
+from ._arrays import empty, full, vector
+from ._launch import cdiv, flat_config, kernel, partial_rows_limit, ROW_CACHE_BYTES, row_config
 from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
 
@@ -91,7 +92,7 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     return mean, scale * T(math.sqrt(squares))
 
 
-@cuda.jit
+@kernel
 def _forward(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
     T = x.dtype.type
     shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
@@ -116,7 +117,7 @@ def _forward(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out,
                 y[r, j] = ((cache[j] if cached else x[r, j]) - mean) * rstd * w[k] + b[k]
 
 
-@cuda.jit
+@kernel
 def _moments(x, length, mean_out, rss_out):
     """Moments of every piece ``x[r, s * length:(s + 1) * length]``, at ``[r, s]`` of the outputs."""
     shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, sized at launch
@@ -134,7 +135,7 @@ def _moments(x, length, mean_out, rss_out):
             mean_out[r, s], rss_out[r, s] = mean, rss
 
 
-@cuda.jit
+@kernel
 def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
     """dx of every row, and this row group's partial dweight, dbias sums in row ``p`` of the partials.
 
@@ -310,6 +311,5 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
     length = cache_length(block, L, 2, dtype)
     _backward[grid, block, 0, _shared_bytes(block, length, 2, dtype)](x2, dy2, dx2, w, period, nseg, mean, rstd,
                                                                       center, length, dw_part, db_part)
-    grid, block = flat_config(entries)
-    column_sums[grid, block](dw_part, db_part, dw, db)
+    column_sums(dw_part, db_part, dw, db)
     return dx2, dw, db

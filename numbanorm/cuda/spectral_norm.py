@@ -7,10 +7,11 @@ import numpy as np
 from numba import cuda
 
 from .._host import power_iteration
-from ._launch import empty, flat_config, grid_config, is_host, rows, to_device
+from ._arrays import empty, is_host, rows, to_device
+from ._launch import flat_config, grid_config, kernel
 
 
-@cuda.jit
+@kernel
 def _matvec(W, v, out):
     """``out = W v``: a thread per row."""
     for i in range(cuda.grid(1), W.shape[0], cuda.gridsize(1)):
@@ -20,7 +21,7 @@ def _matvec(W, v, out):
         out[i] = total
 
 
-@cuda.jit
+@kernel
 def _matvec_t(W, u, out):
     """``out = W^T u``: a thread per column, so a warp reads consecutive columns of each row."""
     for j in range(cuda.grid(1), W.shape[1], cuda.gridsize(1)):
@@ -30,7 +31,7 @@ def _matvec_t(W, u, out):
         out[j] = total
 
 
-@cuda.jit
+@kernel
 def _row_inner(A, B, out):
     for i in range(cuda.grid(1), A.shape[0], cuda.gridsize(1)):
         total = 0.0
@@ -39,7 +40,7 @@ def _row_inner(A, B, out):
         out[i] = total
 
 
-@cuda.jit
+@kernel
 def _minus_rank_one(dY, factor, coef, u, v, out):
     """``out = dY * factor - coef * u v^T`` (coef 0: a plain scaling)."""
     j0, i0 = cuda.grid(2)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _host
 from . import batch_norm, channelwise
-from ._launch import channels, give, is_host, to_device, to_host
+from ._arrays import channels, give, is_host, to_device, to_host
 
 
 def _host64(d):
