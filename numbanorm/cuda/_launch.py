@@ -31,6 +31,10 @@ SHARED_PER_BLOCK = 48 * 1024   # dynamic shared memory a block gets without opti
 MAX_THREADS_PER_SM = {(7, 0): 2048, (7, 5): 1024, (8, 0): 2048, (8, 6): 1536, (8, 9): 1536, (9, 0): 2048}
 MAX_BLOCKS_PER_SM = {(7, 0): 32, (7, 5): 16, (8, 0): 32, (8, 6): 16, (8, 9): 24, (9, 0): 32}
 REGISTER_GRANULE = 256         # registers are allocated per warp in units of this many
+SUB_PARTITIONS = 4             # an SM's registers are split among its 4 schedulers, a warp's from one
+SHARED_PER_SM = {(7, 0): 96, (7, 5): 64, (8, 0): 164, (8, 6): 100, (8, 9): 100, (9, 0): 228}   # KiB, at most
+SHARED_GRANULE = {(7, 0): 256, (7, 5): 256, (8, 0): 128, (8, 6): 128, (8, 9): 128, (9, 0): 128}  # bytes
+SHARED_RESERVED = {(7, 0): 0, (7, 5): 0, (8, 0): 1024, (8, 6): 1024, (8, 9): 1024, (9, 0): 1024}  # bytes a block
 
 # ----------------------------------------------------------------------------- launch choices
 if SIM:
@@ -46,6 +50,13 @@ else:
     LONG_ROW = 1024
     MAX_LANES = MAX_THREADS
 ELEMENTS_PER_LANE = 8     # a block per row gets about this many elements per lane
+# Row kernels keep their rows in registers: the rows' arrays take at most this many
+# bytes a lane, a power-of-two count of values: 8 float32 values of x in the
+# forward (rows of up to 8192 with 1024 lanes, read once), 4 of x and 4 of dy in
+# the backward. Twice that spills at the 64 registers a thread may have in a
+# block of 1024 (ptxas -v, sm_90). Small in the simulator, so its tests take the
+# long-row kernels too.
+ROW_REGISTER_BYTES = 8 if SIM else 32
 # Partial rows of a two-stage reduction (dweight, dbias, channel sums): a fixed
 # number for a shape, so the order of the additions, and so the bits, never
 # depend on the GPU. 256 fills 132 SMs about twice and keeps LN's partials at
@@ -97,6 +108,25 @@ def row_config(R, L, max_blocks=None):
 
 
 @functools.lru_cache(maxsize=256)
+def register_row_config(R, L, arrays, itemsize, max_blocks=None):
+    """``(grid, (lanes, rows), per)`` for a row kernel whose lanes keep ``per`` values of each of
+    ``arrays`` row arrays in registers, or None when a row of ``L`` does not fit in a block.
+
+    About ELEMENTS_PER_LANE values a lane (more for rows over ``MAX_LANES * 8``);
+    a warp per row for rows of up to ``8 * WARP``, several rows per block of BLOCK threads.
+    """
+    per_max = ROW_REGISTER_BYTES // (arrays * itemsize)
+    if per_max == 0:
+        return None
+    lanes = min(MAX_LANES, max(ROW_WARP, pow2_at_least(cdiv(L, min(ELEMENTS_PER_LANE, per_max)))))
+    per = pow2_at_least(cdiv(L, lanes))
+    if per > per_max:
+        return None
+    rows = max(1, BLOCK // lanes)
+    return max(1, min(cdiv(R, rows), max_blocks or MAX_BLOCKS)), (lanes, rows), per
+
+
+@functools.lru_cache(maxsize=256)
 def grid_config(R, L):
     """``(grid, block)`` for an elementwise kernel on ``(R, L)``: x along rows, y across them."""
     tx = min(ROW_WARP, pow2_at_least(L))
@@ -121,11 +151,17 @@ def partial_rows_limit():
 
 def occupancy(threads, registers, shared_bytes, cc=(9, 0)):
     """Theoretical occupancy (resident threads over the SM's maximum) of blocks of ``threads``
-    threads using ``registers`` registers each and ``shared_bytes`` of shared memory."""
+    threads using ``registers`` registers each and ``shared_bytes`` of shared memory (static and
+    dynamic), as CUDA's occupancy calculator (``cuda_occupancy.h``) counts them; 0 for a block
+    that cannot launch at all."""
     warps = cdiv(threads, WARP)
     per_warp = cdiv(max(registers, 1) * WARP, REGISTER_GRANULE) * REGISTER_GRANULE
-    by_registers = REGISTERS_PER_BLOCK // (per_warp * warps) if registers else MAX_BLOCKS_PER_SM[cc]
-    shared_per_sm = {(7, 0): 96, (7, 5): 64, (8, 0): 164, (8, 6): 100, (8, 9): 100, (9, 0): 228}[cc] * 1024
-    by_shared = shared_per_sm // shared_bytes if shared_bytes else MAX_BLOCKS_PER_SM[cc]
+    # The launch check: a block's warps rounded up to the sub-partitions, each getting per_warp.
+    if threads > MAX_THREADS or per_warp * cdiv(warps, SUB_PARTITIONS) * SUB_PARTITIONS > REGISTERS_PER_BLOCK:
+        return 0.0
+    by_registers = REGISTERS_PER_BLOCK // SUB_PARTITIONS // per_warp * SUB_PARTITIONS // warps
+    granule = SHARED_GRANULE[cc]
+    per_block = cdiv(shared_bytes + SHARED_RESERVED[cc], granule) * granule
+    by_shared = SHARED_PER_SM[cc] * 1024 // per_block
     blocks = min(by_registers, by_shared, MAX_BLOCKS_PER_SM[cc], MAX_THREADS_PER_SM[cc] // (warps * WARP))
     return blocks * warps * WARP / MAX_THREADS_PER_SM[cc]

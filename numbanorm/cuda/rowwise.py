@@ -4,11 +4,12 @@ The form is the CPU backend's (:mod:`numbanorm.cpu.rowwise`): ``x2`` of shape
 ``(R, L)``, C-contiguous, one normalized group per row, and affine vectors of
 ``period * nseg`` entries, segment ``q`` of row ``r`` using entry
 ``(r % period) * nseg + q``. Layer norm is ``period=1, nseg=L``, instance norm
-``period=C, nseg=1``, group norm ``period=G, nseg=C // G``.
+``period=C, nseg=1``, group norm ``period=G, nseg=C // G``. Rows may be float16:
+the kernels compute in the dtype of the statistics (float32 for float16 data).
 
-A row is handled by the lanes of one warp (short rows) or of one block (long
-rows), see :func:`._launch.row_config`. Its statistics take two passes, in the
-compute dtype (float32 for float32 and float16 data):
+A row is handled by the lanes of one warp (short rows, several rows a block) or
+of one block (long rows). Its statistics take two passes over the row, in the
+compute dtype:
 
 1. ``pivot = x[r, 0]``, then the sums of ``x - pivot`` and ``|x - pivot|``:
    ``mean = pivot + sum / L`` and ``scale = mean(|x - pivot|)``. The pivot keeps
@@ -18,14 +19,21 @@ compute dtype (float32 for float32 and float16 data):
    1e30 overflows float32. Then ``rstd = 1 / hypot(std, sqrt(eps))``, which is
    ``1 / sqrt(var + eps)`` without forming ``var``.
 
-Rows that fit in the block's shared memory (48 KiB: up to ~12k float32 values
-per row for the forward, half that for the backward) are read from global
-memory once: the first pass keeps them there for the others (:func:`row_cache_start`).
+The row kernels (:func:`_forward_kernel`, :func:`_backward_kernel`) keep each
+lane's values of the row in registers, lane ``l`` holding elements ``l, l +
+lanes, ...`` (coalesced), so global memory is read once: rows of up to 16384
+float32 values in the forward, x and dy of rows of up to 8192 in the backward
+(:func:`._launch.register_row_config`). Longer rows take the long-row kernels,
+which keep what fits of the row in shared memory and re-read the rest.
 
 The backward is fused per row: the row sums of ``g = dy * w`` and ``g * xhat``
-(one lane reduction), then ``dx``. dweight and dbias take two stages: each row
-group of a block adds its rows' ``dy * xhat`` and ``dy`` into its own row of
-partial sums, and :func:`._reduce.column_sums` adds the partial rows up.
+(one lane reduction), then ``dx``. dweight and dbias take two stages. With a
+weight per element (layer and RMS norm), each lane adds its columns'
+``dy * xhat`` and ``dy`` in registers over all the rows its block handles, the
+block writes one partial row, and :func:`._reduce.column_sums` adds the
+partial rows up (at most PARTIAL_ROWS of them, a number fixed by the shape).
+With a weight per row (instance norm), each row's sums are written, and the
+rows of the same entry are added up in order by the same second stage.
 """
 import functools
 import math
@@ -34,7 +42,7 @@ import numpy as np
 from numba import cuda
 
 from ._arrays import empty, full, vector
-from ._launch import cdiv, flat_config, kernel, partial_rows_limit, ROW_CACHE_BYTES, row_config
+from ._launch import ROW_CACHE_BYTES, cdiv, kernel, partial_rows_limit, register_row_config, row_config
 from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
 
@@ -47,6 +55,144 @@ def segment(j, nseg, seg):
         return j
     return j // seg
 
+
+# ----------------------------------------------------------------------------- rows in registers
+
+@functools.lru_cache(maxsize=None)
+def _forward_kernel(per):
+    """The forward for rows whose lanes keep ``per`` values each in registers."""
+
+    @kernel
+    def forward_rows(x, y, w, b, period, nseg, inv_len, sqrt_eps, center, mean_out, rstd_out, std_out):
+        T = mean_out.dtype.type
+        scratch = cuda.shared.array(0, mean_out.dtype)  # sum_lanes' scratch, sized at launch
+        values = cuda.local.array(per, mean_out.dtype)  # this lane's elements of the row
+        R, L = x.shape
+        seg = L // nseg
+        lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
+        for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):  # the same trips for the block
+            r = first + cuda.threadIdx.y
+            valid = r < R
+            pivot = T(x[r, 0]) if valid and center else T(0)
+            total = T(0)
+            size = T(0)
+            for i in range(per):
+                j = lane + i * lanes
+                v = T(x[r, j]) if valid and j < L else pivot  # past the end: adds nothing
+                values[i] = v
+                total += v - pivot
+                size += abs(v - pivot)
+            total, size = sum_lanes(total, size, scratch)
+            mean = pivot + total * inv_len if center else T(0)
+            scale = size * inv_len
+            inv_scale = T(1) / scale if scale > 0 else T(0)
+            squares = T(0)
+            for i in range(per):
+                d = (values[i] - mean) * inv_scale if lane + i * lanes < L else T(0)
+                squares += d * d
+            squares, _ = sum_lanes(squares, T(0), scratch)
+            if valid:  # (rows past the end would divide by zero when eps is 0)
+                std = scale * T(math.sqrt(squares * inv_len))
+                rstd = T(1) / T(math.hypot(std, sqrt_eps))
+                if lane == 0:
+                    mean_out[r], rstd_out[r], std_out[r] = mean, rstd, std
+                base = (r % period) * nseg
+                for i in range(per):
+                    j = lane + i * lanes
+                    if j < L:
+                        k = base + segment(j, nseg, seg)
+                        y[r, j] = (values[i] - mean) * rstd * w[k] + b[k]
+
+    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per,))
+    return forward_rows
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_kernel(per, per_element):
+    """The backward for rows whose lanes keep ``per`` values of x and of dy each in registers.
+
+    ``per_element``: a weight per element (``period == 1, nseg == L``), whose
+    dweight/dbias sums each lane keeps in registers over its rows; else a weight
+    per row (``nseg == 1``), whose sums are written per row.
+    """
+
+    @kernel
+    def backward_rows(x, dy, dx, w, period, mean, rstd, inv_len, center, dw_part, db_part):
+        T = mean.dtype.type
+        shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then the block's dw, db rows
+        xs = cuda.local.array(per, mean.dtype)
+        dys = cuda.local.array(per, mean.dtype)
+        dws = cuda.local.array(per, mean.dtype)   # sum(dy * xhat) of this lane's columns
+        dbs = cuda.local.array(per, mean.dtype)   # sum(dy)
+        R, L = x.shape
+        lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
+        for i in range(per):
+            dws[i] = T(0)
+            dbs[i] = T(0)
+        for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):  # the same trips for the block
+            r = first + cuda.threadIdx.y
+            valid = r < R
+            m = mean[r] if valid else T(0)
+            rs = rstd[r] if valid else T(0)
+            w_row = T(0) if per_element or not valid else T(w[r % period])
+            s1 = T(0)  # per element: sum(g), sum(g * xhat); per row: sum(dy), sum(dy * xhat)
+            s2 = T(0)
+            for i in range(per):
+                j = lane + i * lanes
+                inside = valid and j < L
+                v = T(x[r, j]) if inside else m  # past the end: xhat = 0, dy = 0
+                d = T(dy[r, j]) if inside else T(0)
+                xs[i] = v
+                dys[i] = d
+                xhat = (v - m) * rs
+                if per_element:
+                    dws[i] += d * xhat
+                    dbs[i] += d
+                    d *= T(w[j]) if inside else T(0)
+                s1 += d
+                s2 += d * xhat
+            s1, s2 = sum_lanes(s1, s2, shared)
+            if not per_element:
+                if valid and lane == 0:
+                    dw_part[r, 0], db_part[r, 0] = s2, s1
+                s1 *= w_row
+                s2 *= w_row
+            mean_g = s1 * inv_len if center else T(0)
+            mean_gx = s2 * inv_len
+            if valid:
+                for i in range(per):
+                    j = lane + i * lanes
+                    if j < L:
+                        g = dys[i] * (T(w[j]) if per_element else w_row)
+                        dx[r, j] = rs * (g - mean_g - (xs[i] - m) * rs * mean_gx)
+        if per_element:  # the block's row groups add their columns' sums in order, into one partial row
+            p = cuda.blockIdx.x
+            if rows == 1:
+                for i in range(per):
+                    j = lane + i * lanes
+                    if j < L:
+                        dw_part[p, j], db_part[p, j] = dws[i], dbs[i]
+                return
+            start = scratch_slots()
+            for group in range(rows):
+                cuda.syncthreads()
+                if cuda.threadIdx.y == group:
+                    for i in range(per):
+                        j = lane + i * lanes
+                        if j < L:
+                            before_w = shared[start + j] if group > 0 else T(0)
+                            before_b = shared[start + L + j] if group > 0 else T(0)
+                            shared[start + j] = before_w + dws[i]
+                            shared[start + L + j] = before_b + dbs[i]
+            cuda.syncthreads()
+            for j in range(cuda.threadIdx.y * lanes + lane, L, lanes * rows):
+                dw_part[p, j], db_part[p, j] = shared[start + j], shared[start + L + j]
+
+    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, per_element))
+    return backward_rows
+
+
+# ----------------------------------------------------------------------------- long rows
 
 @cuda.jit(device=True)
 def row_cache_start(length):
@@ -61,19 +207,19 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     """``(mean, rss)`` of ``x[r, j0:j1]``: its mean (0 without centering) and ``sqrt(sum((x - mean)**2))``.
 
     Every lane of the row calls it; a row past the end (``valid`` false) adds nothing.
-    With a ``cache`` of ``j1 - j0`` entries (else empty) the first pass keeps the
-    values there and the second reads them back. Each lane reads back only what it
-    stored itself, so no synchronization is needed.
+    The sums are in ``scratch``'s dtype. With a ``cache`` of ``j1 - j0`` entries (else
+    empty) the first pass keeps the values there and the second reads them back. Each
+    lane reads back only what it stored itself, so no synchronization is needed.
     """
-    T = x.dtype.type
+    T = scratch.dtype.type
     lane, lanes = cuda.threadIdx.x, cuda.blockDim.x
     cached = cache.shape[0] > 0
-    pivot = x[r, j0] if valid and center else T(0)
+    pivot = T(x[r, j0]) if valid and center else T(0)
     total = T(0)
     size = T(0)
     if valid:
         for j in range(j0 + lane, j1, lanes):
-            v = x[r, j]
+            v = T(x[r, j])
             if cached:
                 cache[j - j0] = v
             d = v - pivot
@@ -85,17 +231,18 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     scale = size / n
     squares = T(0)
     if valid and scale > 0:
+        inv_scale = T(1) / scale
         for j in range(j0 + lane, j1, lanes):
-            d = ((cache[j - j0] if cached else x[r, j]) - mean) / scale
+            d = ((cache[j - j0] if cached else T(x[r, j])) - mean) * inv_scale
             squares += d * d
     squares, _ = sum_lanes(squares, T(0), scratch)
     return mean, scale * T(math.sqrt(squares))
 
 
 @kernel
-def _forward(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
-    T = x.dtype.type
-    shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
+def _forward_long(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
+    T = mean_out.dtype.type
+    shared = cuda.shared.array(0, mean_out.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
     start = row_cache_start(cache_length)
     cache = shared[start:start + cache_length]
     cached = cache_length > 0
@@ -114,13 +261,13 @@ def _forward(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out,
             base = (r % period) * nseg
             for j in range(lane, L, lanes):
                 k = base + segment(j, nseg, seg)
-                y[r, j] = ((cache[j] if cached else x[r, j]) - mean) * rstd * w[k] + b[k]
+                y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * rstd * w[k] + b[k]
 
 
 @kernel
 def _moments(x, length, mean_out, rss_out):
     """Moments of every piece ``x[r, s * length:(s + 1) * length]``, at ``[r, s]`` of the outputs."""
-    shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, sized at launch
+    shared = cuda.shared.array(0, mean_out.dtype)  # sum_lanes' scratch, sized at launch
     no_cache = shared[0:0]
     R, L = x.shape
     pieces = mean_out.shape[1]
@@ -136,15 +283,15 @@ def _moments(x, length, mean_out, rss_out):
 
 
 @kernel
-def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
+def _backward_long(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
     """dx of every row, and this row group's partial dweight, dbias sums in row ``p`` of the partials.
 
     With g = dy * w and xhat = (x - mean) * rstd:
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
     With ``cache_length`` (= L) the sums' pass keeps the row of x and dy in shared memory for dx.
     """
-    T = x.dtype.type
-    shared = cuda.shared.array(0, x.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
+    T = mean.dtype.type
+    shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
     start = row_cache_start(2 * cache_length)
     x_cache, dy_cache = shared[start:start + cache_length], shared[start + cache_length:start + 2 * cache_length]
     cached = cache_length > 0
@@ -167,8 +314,8 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_p
         if seg == 1:  # a weight per element: each lane owns its columns of the partials
             if valid:
                 for j in range(lane, L, lanes):
-                    d = dy[r, j]
-                    v = x[r, j]
+                    d = T(dy[r, j])
+                    v = T(x[r, j])
                     if cached:
                         x_cache[j], dy_cache[j] = v, d
                     xhat = (v - m) * rs
@@ -184,8 +331,8 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_p
                 sum_dyx = T(0)
                 if valid:
                     for j in range(q * seg + lane, (q + 1) * seg, lanes):
-                        d = dy[r, j]
-                        v = x[r, j]
+                        d = T(dy[r, j])
+                        v = T(x[r, j])
                         if cached:
                             x_cache[j], dy_cache[j] = v, d
                         sum_dy += d
@@ -203,8 +350,8 @@ def _backward(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_p
         if valid:
             for j in range(lane, L, lanes):
                 k = base + segment(j, nseg, seg)
-                v = x_cache[j] if cached else x[r, j]
-                d = dy_cache[j] if cached else dy[r, j]
+                v = x_cache[j] if cached else T(x[r, j])
+                d = dy_cache[j] if cached else T(dy[r, j])
                 dx[r, j] = rs * (d * w[k] - mean_g - (v - m) * rs * mean_gx)
         if cached:  # read before the next rows overwrite the cache
             cuda.syncthreads()
@@ -218,17 +365,20 @@ def cache_length(block, L, arrays, dtype):
 
 
 def _shared_bytes(block, length, arrays, dtype):
-    """Dynamic shared memory of a row kernel: the reduction scratch and ``arrays`` cached rows per row."""
+    """Dynamic shared memory of a row kernel: the reduction scratch and ``arrays`` rows of
+    ``length`` values per row of the block."""
     return scratch_bytes(block, dtype) + block[1] * arrays * length * np.dtype(dtype).itemsize
 
 
-def forward(x2, weight, bias, period, nseg, eps, center, out_dtype):
+# ----------------------------------------------------------------------------- host side
+
+def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     """Normalize each row of ``x2``: ``y = (x - mean) * rstd * w + b`` with per-row statistics.
 
     Parameters
     ----------
     x2 : device array, shape (R, L), C-contiguous
-        The rows, in the compute dtype (float32 or float64).
+        The rows: float16, float32 or float64.
     weight, bias : array or None
         ``period * nseg`` entries (any shape, dtype, host or device); None is ones / zeros.
     period, nseg : int
@@ -239,41 +389,53 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype):
         Subtract the mean (False: RMS norm, statistics around 0).
     out_dtype : dtype
         The dtype of ``y2`` (float16 input gets float16 back).
+    dtype : dtype, optional
+        The compute dtype: float32 or float64 (default ``x2``'s, float32 for float16).
 
     Returns
     -------
     y2 : device array, shape (R, L), ``out_dtype``
-    mean, rstd, std : device arrays, shape (R,), in ``x2``'s dtype
+    mean, rstd, std : device arrays, shape (R,), in the compute dtype
         ``std`` is the square root of the biased variance (its square may overflow).
     """
     R, L = x2.shape
-    dtype = x2.dtype
+    dtype = _compute_dtype(x2, dtype)
     if L == 0:  # statistics of nothing
         return empty((R, 0), out_dtype), full(R, np.nan, dtype), full(R, np.nan, dtype), full(R, np.nan, dtype)
     w = vector(weight, period * nseg, 1.0, dtype)
     b = vector(bias, period * nseg, 0.0, dtype)
     y2 = empty((R, L), out_dtype)
     mean, rstd, std = empty(R, dtype), empty(R, dtype), empty(R, dtype)
-    if R:
+    if R == 0:
+        return y2, mean, rstd, std
+    sqrt_eps = dtype.type(math.sqrt(eps))
+    config = register_row_config(R, L, 1, dtype.itemsize)
+    if config is not None:
+        grid, block, per = config
+        _forward_kernel(per)[grid, block, 0, scratch_bytes(block, dtype)](
+            x2, y2, w, b, period, nseg, dtype.type(1 / L), sqrt_eps, center, mean, rstd, std)
+    else:
         grid, block = row_config(R, L)
         length = cache_length(block, L, 1, dtype)
-        _forward[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
-            x2, y2, w, b, period, nseg, dtype.type(math.sqrt(eps)), center, length, mean, rstd, std)
+        _forward_long[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
+            x2, y2, w, b, period, nseg, sqrt_eps, center, length, mean, rstd, std)
     return y2, mean, rstd, std
 
 
-def moments(x2, length):
+def moments(x2, length, dtype=None):
     """``mean`` and ``rss = sqrt(sum((x - mean)**2))`` of the device rows ``x2`` cut in pieces.
 
     Each row of ``L > 0`` values is cut into ``ceil(L / length)`` pieces, so that
-    a few long rows still keep many blocks busy; the results are ``(R, pieces)``.
+    a few long rows still keep many blocks busy; the results are ``(R, pieces)``,
+    in the compute ``dtype`` (default ``x2``'s, float32 for float16).
     """
     R, L = x2.shape
+    dtype = _compute_dtype(x2, dtype)
     pieces = cdiv(L, length)
-    mean, rss = empty((R, pieces), x2.dtype), empty((R, pieces), x2.dtype)
+    mean, rss = empty((R, pieces), dtype), empty((R, pieces), dtype)
     if R:
         grid, block = row_config(R * pieces, length)
-        _moments[grid, block, 0, scratch_bytes(block, x2.dtype)](x2, length, mean, rss)
+        _moments[grid, block, 0, scratch_bytes(block, dtype)](x2, length, mean, rss)
     return mean, rss
 
 
@@ -282,12 +444,12 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
 
     Parameters
     ----------
-    x2, dy2 : device arrays, shape (R, L), C-contiguous, compute dtype
-        The forward's rows and the gradient of ``y2``.
+    x2, dy2 : device arrays, shape (R, L), C-contiguous
+        The forward's rows and the gradient of ``y2`` (float16, float32 or float64).
     weight, period, nseg, center
         As given to :func:`forward`.
     mean, rstd : device arrays, shape (R,)
-        The statistics :func:`forward` returned.
+        The statistics :func:`forward` returned; their dtype is the compute dtype.
     dx_dtype, dw_dtype, db_dtype : dtype
         The dtypes of the three results.
 
@@ -298,18 +460,39 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
         ``sum(dy * xhat)`` and ``sum(dy)`` per affine entry.
     """
     R, L = x2.shape
-    dtype = x2.dtype
+    dtype = mean.dtype
     entries = period * nseg
     dx2 = empty((R, L), dx_dtype)
     dw, db = empty(entries, dw_dtype), empty(entries, db_dtype)
     if R == 0 or L == 0:
         return dx2, full(entries, 0.0, dw_dtype), full(entries, 0.0, db_dtype)
     w = vector(weight, entries, 1.0, dtype)
-    grid, block = row_config(R, L, partial_rows_limit())
-    parts = grid * block[1]
-    dw_part, db_part = empty((parts, entries), dtype), empty((parts, entries), dtype)
-    length = cache_length(block, L, 2, dtype)
-    _backward[grid, block, 0, _shared_bytes(block, length, 2, dtype)](x2, dy2, dx2, w, period, nseg, mean, rstd,
-                                                                      center, length, dw_part, db_part)
+    per_element, per_row = period == 1 and nseg == L, nseg == 1
+    config = register_row_config(R, L, 2, dtype.itemsize, partial_rows_limit()) if per_element or per_row else None
+    if config is not None:
+        grid, block, per = config
+        if per_element:  # a partial row per block
+            dw_part, db_part = empty((grid, L), dtype), empty((grid, L), dtype)
+            shared = scratch_bytes(block, dtype) + (2 * L * dtype.itemsize if block[1] > 1 else 0)
+        else:  # a sum per row; the rows of entry c are rows c, c + period, ...
+            dw_part, db_part = empty((R, 1), dtype), empty((R, 1), dtype)
+            shared = scratch_bytes(block, dtype)
+        _backward_kernel(per, per_element)[grid, block, 0, shared](
+            x2, dy2, dx2, w, period, mean, rstd, dtype.type(1 / L), center, dw_part, db_part)
+        if per_row:
+            dw_part, db_part = dw_part.reshape(R // period, period), db_part.reshape(R // period, period)
+    else:
+        grid, block = row_config(R, L, partial_rows_limit())
+        parts = grid * block[1]
+        dw_part, db_part = empty((parts, entries), dtype), empty((parts, entries), dtype)
+        length = cache_length(block, L, 2, dtype)
+        _backward_long[grid, block, 0, _shared_bytes(block, length, 2, dtype)](
+            x2, dy2, dx2, w, period, nseg, mean, rstd, center, length, dw_part, db_part)
     column_sums(dw_part, db_part, dw, db)
     return dx2, dw, db
+
+
+def _compute_dtype(x2, dtype):
+    if dtype is not None:
+        return np.dtype(dtype)
+    return np.dtype(np.float32) if x2.dtype == np.float16 else x2.dtype
