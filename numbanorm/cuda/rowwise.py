@@ -48,12 +48,16 @@ from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
 @cuda.jit(device=True)
 def segment(j, nseg, seg):
-    """Which of its row's ``nseg`` segments (``seg`` elements each) element ``j`` is in."""
+    """Which of its row's ``nseg`` segments (``seg`` elements each) element ``j`` is in.
+
+    A 32-bit division (rows are shorter than 2**32): a 64-bit one is a call of
+    about 70 instructions on the GPU, this one about 15.
+    """
     if nseg == 1:
         return 0
     if seg == 1:
         return j
-    return j // seg
+    return np.uint32(j) // np.uint32(seg)
 
 
 # ----------------------------------------------------------------------------- rows in registers
@@ -70,7 +74,8 @@ def _forward_kernel(per):
         R, L = x.shape
         seg = L // nseg
         lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
-        for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):  # the same trips for the block
+        first = cuda.blockIdx.x * rows
+        while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
             valid = r < R
             pivot = T(x[r, 0]) if valid and center else T(0)
@@ -102,6 +107,7 @@ def _forward_kernel(per):
                     if j < L:
                         k = base + segment(j, nseg, seg)
                         y[r, j] = (values[i] - mean) * rstd * w[k] + b[k]
+            first += cuda.gridDim.x * rows
 
     forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per,))
     return forward_rows
@@ -129,7 +135,8 @@ def _backward_kernel(per, per_element):
         for i in range(per):
             dws[i] = T(0)
             dbs[i] = T(0)
-        for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):  # the same trips for the block
+        first = cuda.blockIdx.x * rows
+        while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
             valid = r < R
             m = mean[r] if valid else T(0)
@@ -165,6 +172,7 @@ def _backward_kernel(per, per_element):
                     if j < L:
                         g = dys[i] * (T(w[j]) if per_element else w_row)
                         dx[r, j] = rs * (g - mean_g - (xs[i] - m) * rs * mean_gx)
+            first += cuda.gridDim.x * rows
         if per_element:  # the block's row groups add their columns' sums in order, into one partial row
             p = cuda.blockIdx.x
             if rows == 1:
@@ -218,13 +226,15 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     total = T(0)
     size = T(0)
     if valid:
-        for j in range(j0 + lane, j1, lanes):
+        j = j0 + lane
+        while j < j1:  # (a while loop: no division for the trip count)
             v = T(x[r, j])
             if cached:
                 cache[j - j0] = v
             d = v - pivot
             total += d
             size += abs(d)
+            j += lanes
     total, size = sum_lanes(total, size, scratch)
     n = T(j1 - j0)
     mean = pivot + total / n if center else T(0)
@@ -232,36 +242,61 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     squares = T(0)
     if valid and scale > 0:
         inv_scale = T(1) / scale
-        for j in range(j0 + lane, j1, lanes):
+        j = j0 + lane
+        while j < j1:  # (a while loop: no division for the trip count)
             d = ((cache[j - j0] if cached else T(x[r, j])) - mean) * inv_scale
             squares += d * d
+            j += lanes
     squares, _ = sum_lanes(squares, T(0), scratch)
     return mean, scale * T(math.sqrt(squares))
 
 
-@kernel
-def _forward_long(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
-    T = mean_out.dtype.type
-    shared = cuda.shared.array(0, mean_out.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
-    start = row_cache_start(cache_length)
-    cache = shared[start:start + cache_length]
-    cached = cache_length > 0
-    R, L = x.shape
-    seg = L // nseg
-    lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
-    for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):
-        r = first + cuda.threadIdx.y
-        valid = r < R
-        mean, rss = row_moments(x, r, 0, L, valid, center, shared, cache)
-        if valid:  # (rows past the end would divide by zero when eps is 0)
-            std = rss / math.sqrt(T(L))
-            rstd = T(1) / math.hypot(std, sqrt_eps)
-            if lane == 0:
-                mean_out[r], rstd_out[r], std_out[r] = mean, rstd, std
-            base = (r % period) * nseg
-            for j in range(lane, L, lanes):
-                k = base + segment(j, nseg, seg)
-                y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * rstd * w[k] + b[k]
+@functools.lru_cache(maxsize=None)
+def _forward_long_kernel(per_element, cached):
+    """The forward for long rows: a weight per element (``per_element``) or per segment;
+    rows kept in shared memory between the passes (``cached``) or re-read."""
+
+    @kernel
+    def forward_long(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
+        T = mean_out.dtype.type
+        shared = cuda.shared.array(0, mean_out.dtype)  # sum_lanes' scratch, then the cached rows
+        start = row_cache_start(cache_length)
+        cache = shared[start:start + cache_length]
+        R, L = x.shape
+        seg = L // nseg
+        lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
+        first = cuda.blockIdx.x * rows
+        while first < R:
+            r = first + cuda.threadIdx.y
+            valid = r < R
+            mean, rss = row_moments(x, r, 0, L, valid, center, shared, cache)
+            if cached and not per_element:  # the segments' lanes read what other lanes cached
+                cuda.syncthreads()
+            if valid:  # (rows past the end would divide by zero when eps is 0)
+                std = rss / math.sqrt(T(L))
+                rstd = T(1) / math.hypot(std, sqrt_eps)
+                if lane == 0:
+                    mean_out[r], rstd_out[r], std_out[r] = mean, rstd, std
+                base = (r % period) * nseg
+                if per_element:
+                    j = lane
+                    while j < L:  # (a while loop: no division for the trip count)
+                        y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * rstd * w[base + j] + b[base + j]
+                        j += lanes
+                else:
+                    for q in range(nseg):  # one weight and bias over the segment
+                        scale = rstd * w[base + q]
+                        shift = b[base + q]
+                        j = q * seg + lane
+                        while j < (q + 1) * seg:  # (a while loop: no division for the trip count)
+                            y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * scale + shift
+                            j += lanes
+            if cached and not per_element:  # read before the next rows overwrite the cache
+                cuda.syncthreads()
+            first += cuda.gridDim.x * rows
+
+    forward_long.py_func.factory_key = (__name__, "_forward_long_kernel", (per_element, cached))
+    return forward_long
 
 
 @kernel
@@ -272,7 +307,8 @@ def _moments(x, length, mean_out, rss_out):
     R, L = x.shape
     pieces = mean_out.shape[1]
     rows = cuda.blockDim.y
-    for first in range(cuda.blockIdx.x * rows, R * pieces, cuda.gridDim.x * rows):
+    first = cuda.blockIdx.x * rows
+    while first < R * pieces:
         i = first + cuda.threadIdx.y
         valid = i < R * pieces
         r, s = i // pieces, i % pieces
@@ -280,81 +316,102 @@ def _moments(x, length, mean_out, rss_out):
         mean, rss = row_moments(x, r, j0, min(L, j0 + length), valid, True, shared, no_cache)
         if valid and cuda.threadIdx.x == 0:
             mean_out[r, s], rss_out[r, s] = mean, rss
+        first += cuda.gridDim.x * rows
 
 
-@kernel
-def _backward_long(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
-    """dx of every row, and this row group's partial dweight, dbias sums in row ``p`` of the partials.
+@functools.lru_cache(maxsize=None)
+def _backward_long_kernel(per_element, cached):
+    """The backward for long rows: a weight per element (``per_element``) or per segment;
+    rows kept in shared memory between the passes (``cached``) or re-read."""
 
-    With g = dy * w and xhat = (x - mean) * rstd:
-    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
-    With ``cache_length`` (= L) the sums' pass keeps the row of x and dy in shared memory for dx.
-    """
-    T = mean.dtype.type
-    shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
-    start = row_cache_start(2 * cache_length)
-    x_cache, dy_cache = shared[start:start + cache_length], shared[start + cache_length:start + 2 * cache_length]
-    cached = cache_length > 0
-    R, L = x.shape
-    seg = L // nseg
-    lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
-    p = cuda.blockIdx.x * rows + cuda.threadIdx.y
-    for k in range(lane, dw_part.shape[1], lanes):
-        dw_part[p, k] = T(0)
-        db_part[p, k] = T(0)
-    cuda.syncthreads()
-    for first in range(cuda.blockIdx.x * rows, R, cuda.gridDim.x * rows):  # the same trips for the whole block
-        r = first + cuda.threadIdx.y
-        valid = r < R
-        m = mean[r] if valid else T(0)
-        rs = rstd[r] if valid else T(0)
-        base = (r % period) * nseg
-        sum_g = T(0)
-        sum_gx = T(0)
-        if seg == 1:  # a weight per element: each lane owns its columns of the partials
-            if valid:
-                for j in range(lane, L, lanes):
-                    d = T(dy[r, j])
-                    v = T(x[r, j])
-                    if cached:
-                        x_cache[j], dy_cache[j] = v, d
-                    xhat = (v - m) * rs
-                    dw_part[p, base + j] += d * xhat
-                    db_part[p, base + j] += d
-                    g = d * w[base + j]
-                    sum_g += g
-                    sum_gx += g * xhat
-            sum_g, sum_gx = sum_lanes(sum_g, sum_gx, shared)
-        else:  # a weight per segment: the segment's sums over the lanes
-            for q in range(nseg):
-                sum_dy = T(0)
-                sum_dyx = T(0)
+    @kernel
+    def backward_long(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
+        """dx of every row, and this row group's partial dweight, dbias sums in row ``p`` of the partials.
+
+        With g = dy * w and xhat = (x - mean) * rstd:
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
+        With ``cache_length`` (= L) the sums' pass keeps the row of x and dy in shared memory for dx.
+        """
+        T = mean.dtype.type
+        shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
+        start = row_cache_start(2 * cache_length)
+        x_cache = shared[start:start + cache_length]
+        dy_cache = shared[start + cache_length:start + 2 * cache_length]
+        R, L = x.shape
+        seg = L // nseg
+        lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
+        p = cuda.blockIdx.x * rows + cuda.threadIdx.y
+        k = lane
+        while k < dw_part.shape[1]:
+            dw_part[p, k] = T(0)
+            db_part[p, k] = T(0)
+            k += lanes
+        cuda.syncthreads()
+        first = cuda.blockIdx.x * rows
+        while first < R:  # the same trips for the block
+            r = first + cuda.threadIdx.y
+            valid = r < R
+            m = mean[r] if valid else T(0)
+            rs = rstd[r] if valid else T(0)
+            base = (r % period) * nseg
+            sum_g = T(0)
+            sum_gx = T(0)
+            if per_element:  # each lane owns its columns of the partials
                 if valid:
-                    for j in range(q * seg + lane, (q + 1) * seg, lanes):
+                    j = lane
+                    while j < L:  # (a while loop: no division for the trip count)
                         d = T(dy[r, j])
                         v = T(x[r, j])
                         if cached:
                             x_cache[j], dy_cache[j] = v, d
-                        sum_dy += d
-                        sum_dyx += d * ((v - m) * rs)
-                sum_dy, sum_dyx = sum_lanes(sum_dy, sum_dyx, shared)
-                if valid and lane == 0:
-                    dw_part[p, base + q] += sum_dyx
-                    db_part[p, base + q] += sum_dy
-                sum_g += w[base + q] * sum_dy
-                sum_gx += w[base + q] * sum_dyx
-        mean_g = sum_g / T(L) if center else T(0)
-        mean_gx = sum_gx / T(L)
-        if cached:  # the segments' lanes stored elements other lanes read below
-            cuda.syncthreads()
-        if valid:
-            for j in range(lane, L, lanes):
-                k = base + segment(j, nseg, seg)
-                v = x_cache[j] if cached else T(x[r, j])
-                d = dy_cache[j] if cached else T(dy[r, j])
-                dx[r, j] = rs * (d * w[k] - mean_g - (v - m) * rs * mean_gx)
-        if cached:  # read before the next rows overwrite the cache
-            cuda.syncthreads()
+                        xhat = (v - m) * rs
+                        dw_part[p, base + j] += d * xhat
+                        db_part[p, base + j] += d
+                        g = d * w[base + j]
+                        sum_g += g
+                        sum_gx += g * xhat
+                        j += lanes
+                sum_g, sum_gx = sum_lanes(sum_g, sum_gx, shared)
+            else:  # a weight per segment: the segment's sums over the lanes
+                for q in range(nseg):
+                    sum_dy = T(0)
+                    sum_dyx = T(0)
+                    if valid:
+                        j = q * seg + lane
+                        while j < (q + 1) * seg:  # (a while loop: no division for the trip count)
+                            d = T(dy[r, j])
+                            v = T(x[r, j])
+                            if cached:
+                                x_cache[j], dy_cache[j] = v, d
+                            sum_dy += d
+                            sum_dyx += d * ((v - m) * rs)
+                            j += lanes
+                    sum_dy, sum_dyx = sum_lanes(sum_dy, sum_dyx, shared)
+                    if valid and lane == 0:
+                        dw_part[p, base + q] += sum_dyx
+                        db_part[p, base + q] += sum_dy
+                    sum_g += w[base + q] * sum_dy
+                    sum_gx += w[base + q] * sum_dyx
+            mean_g = sum_g / T(L) if center else T(0)
+            mean_gx = sum_gx / T(L)
+            if cached:  # the segments' lanes stored elements other lanes read below
+                cuda.syncthreads()
+            if valid:
+                for q in range(1 if per_element else nseg):
+                    j0, j1 = (0, L) if per_element else (q * seg, (q + 1) * seg)
+                    j = j0 + lane
+                    while j < j1:  # (a while loop: no division for the trip count)
+                        v = x_cache[j] if cached else T(x[r, j])
+                        d = dy_cache[j] if cached else T(dy[r, j])
+                        g = d * w[base + (j if per_element else q)]
+                        dx[r, j] = rs * (g - mean_g - (v - m) * rs * mean_gx)
+                        j += lanes
+            if cached:  # read before the next rows overwrite the cache
+                cuda.syncthreads()
+            first += cuda.gridDim.x * rows
+
+    backward_long.py_func.factory_key = (__name__, "_backward_long_kernel", (per_element, cached))
+    return backward_long
 
 
 @functools.lru_cache(maxsize=256)
@@ -417,7 +474,7 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     else:
         grid, block = row_config(R, L)
         length = cache_length(block, L, 1, dtype)
-        _forward_long[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
+        _forward_long_kernel(nseg == L, length > 0)[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
             x2, y2, w, b, period, nseg, sqrt_eps, center, length, mean, rstd, std)
     return y2, mean, rstd, std
 
@@ -486,7 +543,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
         parts = grid * block[1]
         dw_part, db_part = empty((parts, entries), dtype), empty((parts, entries), dtype)
         length = cache_length(block, L, 2, dtype)
-        _backward_long[grid, block, 0, _shared_bytes(block, length, 2, dtype)](
+        _backward_long_kernel(nseg == L, length > 0)[grid, block, 0, _shared_bytes(block, length, 2, dtype)](
             x2, dy2, dx2, w, period, nseg, mean, rstd, center, length, dw_part, db_part)
     column_sums(dw_part, db_part, dw, db)
     return dx2, dw, db
