@@ -50,13 +50,16 @@ else:
     LONG_ROW = 1024
     MAX_LANES = MAX_THREADS
 ELEMENTS_PER_LANE = 8     # a block per row gets about this many elements per lane
-# Row kernels keep their rows in registers: the rows' arrays take at most this many
-# bytes a lane, a power-of-two count of values: 8 float32 values of x in the
-# forward (rows of up to 8192 with 1024 lanes, read once), 4 of x and 4 of dy in
-# the backward. Twice that spills at the 64 registers a thread may have in a
-# block of 1024 (ptxas -v, sm_90). Small in the simulator, so its tests take the
-# long-row kernels too.
-ROW_REGISTER_BYTES = 8 if SIM else 32
+# Row kernels keep their rows in registers: bytes of a row array each lane keeps,
+# per kernel, the most that compiles without spilling at 64 registers a thread
+# (ptxas -v for sm_70-sm_90, float16/32/64; tests/test_gpu_static.py checks it):
+# 16 float32 values of x in the forward (rows of up to 16384 read once), 8 with a
+# weight per segment, 4 of x and 4 of dy in the backward (rows of up to 4096).
+# Small in the simulator, so its tests take the long-row kernels too.
+if SIM:
+    ROW_REGISTER_BYTES = {"forward": 8, "forward_segments": 8, "backward": 4}
+else:
+    ROW_REGISTER_BYTES = {"forward": 64, "forward_segments": 32, "backward": 16}
 # Partial rows of a two-stage reduction (dweight, dbias, channel sums): a fixed
 # number for a shape, so the order of the additions, and so the bits, never
 # depend on the GPU. 256 fills 132 SMs about twice and keeps LN's partials at
@@ -70,22 +73,25 @@ ROW_CACHE_BYTES = 1024 if SIM else SHARED_PER_BLOCK
 def kernel(fn=None, *, max_threads=MAX_THREADS):
     """``cuda.jit`` for a kernel whose blocks never have more than ``max_threads`` threads.
 
-    On a GPU the bound goes to ptxas as ``launch_bounds``, which caps the
-    registers per thread at ``REGISTERS_PER_BLOCK // max_threads``; the
-    simulator has no such option. The bound is kept on the Python function
-    (``max_threads``) for the launches and the static check to read.
+    On a GPU the bound goes to ptxas as ``launch_bounds=(max_threads, 1)``, which
+    caps the registers per thread at ``REGISTERS_PER_BLOCK // max_threads`` (64
+    for 1024 threads: 50% occupancy at worst). The explicit minimum of one block
+    an SM matters: without it ptxas aims at 32 registers for some kernels and
+    spills (``ptxas -v``, sm_70 and sm_90). The simulator has no such option.
+    The bounds are kept on the Python function (``launch_bounds``) for the
+    launches and the static check to read.
     """
     def declare(f):
-        f.max_threads = max_threads
+        f.launch_bounds = (max_threads, 1)
         if SIM:
             return cuda.jit(f)
-        return cuda.jit(f, launch_bounds=(max_threads,))
+        return cuda.jit(f, launch_bounds=f.launch_bounds)
     return declare if fn is None else declare(fn)
 
 
 def max_threads(k):
     """The block-size bound a kernel was declared with."""
-    return k.py_func.max_threads
+    return k.py_func.launch_bounds[0]
 
 
 def pow2_at_least(n):
@@ -108,14 +114,15 @@ def row_config(R, L, max_blocks=None):
 
 
 @functools.lru_cache(maxsize=256)
-def register_row_config(R, L, arrays, itemsize, max_blocks=None):
-    """``(grid, (lanes, rows), per)`` for a row kernel whose lanes keep ``per`` values of each of
-    ``arrays`` row arrays in registers, or None when a row of ``L`` does not fit in a block.
+def register_row_config(R, L, kind, itemsize, max_blocks=None):
+    """``(grid, (lanes, rows), per)`` for the row kernel ``kind`` (a key of ROW_REGISTER_BYTES),
+    whose lanes keep ``per`` values of each row array in registers; None when a row of ``L``
+    values of ``itemsize`` bytes does not fit in a block that way.
 
-    About ELEMENTS_PER_LANE values a lane (more for rows over ``MAX_LANES * 8``);
-    a warp per row for rows of up to ``8 * WARP``, several rows per block of BLOCK threads.
+    About ELEMENTS_PER_LANE values a lane (more for the longest rows); a warp per
+    row for rows of up to ``8 * WARP``, several rows per block of BLOCK threads.
     """
-    per_max = ROW_REGISTER_BYTES // (arrays * itemsize)
+    per_max = ROW_REGISTER_BYTES[kind] // itemsize
     if per_max == 0:
         return None
     lanes = min(MAX_LANES, max(ROW_WARP, pow2_at_least(cdiv(L, min(ELEMENTS_PER_LANE, per_max)))))
@@ -162,6 +169,6 @@ def occupancy(threads, registers, shared_bytes, cc=(9, 0)):
     by_registers = REGISTERS_PER_BLOCK // SUB_PARTITIONS // per_warp * SUB_PARTITIONS // warps
     granule = SHARED_GRANULE[cc]
     per_block = cdiv(shared_bytes + SHARED_RESERVED[cc], granule) * granule
-    by_shared = SHARED_PER_SM[cc] * 1024 // per_block
+    by_shared = SHARED_PER_SM[cc] * 1024 // per_block if per_block else MAX_BLOCKS_PER_SM[cc]
     blocks = min(by_registers, by_shared, MAX_BLOCKS_PER_SM[cc], MAX_THREADS_PER_SM[cc] // (warps * WARP))
     return blocks * warps * WARP / MAX_THREADS_PER_SM[cc]

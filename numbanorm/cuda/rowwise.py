@@ -22,9 +22,14 @@ compute dtype:
 The row kernels (:func:`_forward_kernel`, :func:`_backward_kernel`) keep each
 lane's values of the row in registers, lane ``l`` holding elements ``l, l +
 lanes, ...`` (coalesced), so global memory is read once: rows of up to 16384
-float32 values in the forward, x and dy of rows of up to 8192 in the backward
-(:func:`._launch.register_row_config`). Longer rows take the long-row kernels,
-which keep what fits of the row in shared memory and re-read the rest.
+float32 values in the forward (8192 for group norm), x and dy of rows of up to
+4096 in the backward of layer, RMS and instance norm
+(:func:`._launch.register_row_config`; more spills at the 64 registers a thread
+has). Longer rows, and group norm's backward, take the long-row kernels, which
+keep the row in shared memory when it fits (12288 float32 values in the
+forward, 6144 of x and dy in the backward) and re-read it otherwise. Indices
+are unsigned and strided loops are while loops: numba's signed indices and
+``range`` trip counts cost registers and a 64-bit division.
 
 The backward is fused per row: the row sums of ``g = dy * w`` and ``g * xhat``
 (one lane reduction), then ``dx``. dweight and dbias take two stages. With a
@@ -46,44 +51,46 @@ from ._launch import ROW_CACHE_BYTES, cdiv, kernel, partial_rows_limit, register
 from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
 
-@cuda.jit(device=True)
-def segment(j, nseg, seg):
-    """Which of its row's ``nseg`` segments (``seg`` elements each) element ``j`` is in.
-
-    A 32-bit division (rows are shorter than 2**32): a 64-bit one is a call of
-    about 70 instructions on the GPU, this one about 15.
-    """
-    if nseg == 1:
-        return 0
-    if seg == 1:
-        return j
-    return np.uint32(j) // np.uint32(seg)
-
-
 # ----------------------------------------------------------------------------- rows in registers
 
+ELEMENT, ROW, SEGMENT = 0, 1, 2  # what an affine entry covers: an element, a row, a segment of a row
+
+
+def weights_of(period, nseg, L):
+    """Which of ELEMENT, ROW or SEGMENT the affine entries of rows of ``L`` cover."""
+    if nseg == 1:
+        return ROW
+    return ELEMENT if period == 1 and nseg == L else SEGMENT
+
+
 @functools.lru_cache(maxsize=None)
-def _forward_kernel(per):
-    """The forward for rows whose lanes keep ``per`` values each in registers."""
+def _forward_kernel(per, weights):
+    """The forward for rows whose lanes keep ``per`` values each in registers, with
+    affine entries per ``weights`` (ELEMENT, ROW or SEGMENT: fixed at compile time)."""
 
     @kernel
     def forward_rows(x, y, w, b, period, nseg, inv_len, sqrt_eps, center, mean_out, rstd_out, std_out):
         T = mean_out.dtype.type
+        U = np.uint64  # unsigned indices: no code for negative ones
         scratch = cuda.shared.array(0, mean_out.dtype)  # sum_lanes' scratch, sized at launch
         values = cuda.local.array(per, mean_out.dtype)  # this lane's elements of the row
         R, L = x.shape
-        seg = L // nseg
-        lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
+        length = U(L)
+        seg = U(L // nseg)
+        q_step, rem_step = U(cuda.blockDim.x) // seg, U(cuda.blockDim.x) % seg
+        lane, lanes, rows = U(cuda.threadIdx.x), U(cuda.blockDim.x), cuda.blockDim.y
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
             valid = r < R
-            pivot = T(x[r, 0]) if valid and center else T(0)
+            row = x[r] if valid else x[0]
+            out = y[r] if valid else y[0]
+            pivot = T(row[0]) if valid and center else T(0)
             total = T(0)
             size = T(0)
             for i in range(per):
-                j = lane + i * lanes
-                v = T(x[r, j]) if valid and j < L else pivot  # past the end: adds nothing
+                j = lane + U(i) * lanes
+                v = T(row[j]) if valid and j < length else pivot  # past the end: adds nothing
                 values[i] = v
                 total += v - pivot
                 size += abs(v - pivot)
@@ -93,7 +100,7 @@ def _forward_kernel(per):
             inv_scale = T(1) / scale if scale > 0 else T(0)
             squares = T(0)
             for i in range(per):
-                d = (values[i] - mean) * inv_scale if lane + i * lanes < L else T(0)
+                d = (values[i] - mean) * inv_scale if lane + U(i) * lanes < length else T(0)
                 squares += d * d
             squares, _ = sum_lanes(squares, T(0), scratch)
             if valid:  # (rows past the end would divide by zero when eps is 0)
@@ -101,15 +108,29 @@ def _forward_kernel(per):
                 rstd = T(1) / T(math.hypot(std, sqrt_eps))
                 if lane == 0:
                     mean_out[r], rstd_out[r], std_out[r] = mean, rstd, std
-                base = (r % period) * nseg
+                base = U((r % period) * nseg)
+                # SEGMENT: element j = lane + i * lanes is in segment q = j // seg, stepped
+                # without a division per element: q += lanes // seg, plus one when the remainder wraps.
+                q, rem = lane // seg, lane % seg
                 for i in range(per):
-                    j = lane + i * lanes
-                    if j < L:
-                        k = base + segment(j, nseg, seg)
-                        y[r, j] = (values[i] - mean) * rstd * w[k] + b[k]
+                    j = lane + U(i) * lanes
+                    if j < length:
+                        if weights == ELEMENT:
+                            k = j
+                        elif weights == ROW:
+                            k = base
+                        else:
+                            k = base + q
+                        out[j] = (values[i] - mean) * rstd * w[k] + b[k]
+                    if weights == SEGMENT:
+                        q += q_step
+                        rem += rem_step
+                        if rem >= seg:
+                            rem -= seg
+                            q += U(1)
             first += cuda.gridDim.x * rows
 
-    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per,))
+    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per, weights))
     return forward_rows
 
 
@@ -130,8 +151,10 @@ def _backward_kernel(per, per_element):
         dys = cuda.local.array(per, mean.dtype)
         dws = cuda.local.array(per, mean.dtype)   # sum(dy * xhat) of this lane's columns
         dbs = cuda.local.array(per, mean.dtype)   # sum(dy)
+        U = np.uint64  # unsigned indices: no code for negative ones
         R, L = x.shape
-        lane, lanes, rows = cuda.threadIdx.x, cuda.blockDim.x, cuda.blockDim.y
+        length = U(L)
+        lane, lanes, rows = U(cuda.threadIdx.x), U(cuda.blockDim.x), cuda.blockDim.y
         for i in range(per):
             dws[i] = T(0)
             dbs[i] = T(0)
@@ -139,16 +162,17 @@ def _backward_kernel(per, per_element):
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
             valid = r < R
+            x_row, dy_row, dx_row = (x[r], dy[r], dx[r]) if valid else (x[0], dy[0], dx[0])
             m = mean[r] if valid else T(0)
             rs = rstd[r] if valid else T(0)
             w_row = T(0) if per_element or not valid else T(w[r % period])
             s1 = T(0)  # per element: sum(g), sum(g * xhat); per row: sum(dy), sum(dy * xhat)
             s2 = T(0)
             for i in range(per):
-                j = lane + i * lanes
-                inside = valid and j < L
-                v = T(x[r, j]) if inside else m  # past the end: xhat = 0, dy = 0
-                d = T(dy[r, j]) if inside else T(0)
+                j = lane + U(i) * lanes
+                inside = valid and j < length
+                v = T(x_row[j]) if inside else m  # past the end: xhat = 0, dy = 0
+                d = T(dy_row[j]) if inside else T(0)
                 xs[i] = v
                 dys[i] = d
                 xhat = (v - m) * rs
@@ -168,17 +192,17 @@ def _backward_kernel(per, per_element):
             mean_gx = s2 * inv_len
             if valid:
                 for i in range(per):
-                    j = lane + i * lanes
-                    if j < L:
+                    j = lane + U(i) * lanes
+                    if j < length:
                         g = dys[i] * (T(w[j]) if per_element else w_row)
-                        dx[r, j] = rs * (g - mean_g - (xs[i] - m) * rs * mean_gx)
+                        dx_row[j] = rs * (g - mean_g - (xs[i] - m) * rs * mean_gx)
             first += cuda.gridDim.x * rows
         if per_element:  # the block's row groups add their columns' sums in order, into one partial row
             p = cuda.blockIdx.x
             if rows == 1:
                 for i in range(per):
-                    j = lane + i * lanes
-                    if j < L:
+                    j = lane + U(i) * lanes
+                    if j < length:
                         dw_part[p, j], db_part[p, j] = dws[i], dbs[i]
                 return
             start = scratch_slots()
@@ -186,15 +210,17 @@ def _backward_kernel(per, per_element):
                 cuda.syncthreads()
                 if cuda.threadIdx.y == group:
                     for i in range(per):
-                        j = lane + i * lanes
-                        if j < L:
+                        j = lane + U(i) * lanes
+                        if j < length:
                             before_w = shared[start + j] if group > 0 else T(0)
-                            before_b = shared[start + L + j] if group > 0 else T(0)
+                            before_b = shared[start + length + j] if group > 0 else T(0)
                             shared[start + j] = before_w + dws[i]
-                            shared[start + L + j] = before_b + dbs[i]
+                            shared[start + length + j] = before_b + dbs[i]
             cuda.syncthreads()
-            for j in range(cuda.threadIdx.y * lanes + lane, L, lanes * rows):
-                dw_part[p, j], db_part[p, j] = shared[start + j], shared[start + L + j]
+            j = U(cuda.threadIdx.y) * lanes + lane
+            while j < length:
+                dw_part[p, j], db_part[p, j] = shared[start + j], shared[start + length + j]
+                j += lanes * U(rows)
 
     backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, per_element))
     return backward_rows
@@ -466,10 +492,11 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     if R == 0:
         return y2, mean, rstd, std
     sqrt_eps = dtype.type(math.sqrt(eps))
-    config = register_row_config(R, L, 1, dtype.itemsize)
+    weights = weights_of(period, nseg, L)
+    config = register_row_config(R, L, "forward_segments" if weights == SEGMENT else "forward", dtype.itemsize)
     if config is not None:
         grid, block, per = config
-        _forward_kernel(per)[grid, block, 0, scratch_bytes(block, dtype)](
+        _forward_kernel(per, weights)[grid, block, 0, scratch_bytes(block, dtype)](
             x2, y2, w, b, period, nseg, dtype.type(1 / L), sqrt_eps, center, mean, rstd, std)
     else:
         grid, block = row_config(R, L)
@@ -525,7 +552,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
         return dx2, full(entries, 0.0, dw_dtype), full(entries, 0.0, db_dtype)
     w = vector(weight, entries, 1.0, dtype)
     per_element, per_row = period == 1 and nseg == L, nseg == 1
-    config = register_row_config(R, L, 2, dtype.itemsize, partial_rows_limit()) if per_element or per_row else None
+    config = register_row_config(R, L, "backward", dtype.itemsize, partial_rows_limit()) if per_element or per_row else None
     if config is not None:
         grid, block, per = config
         if per_element:  # a partial row per block
