@@ -5,6 +5,7 @@
 >>> dx, dweight, dbias = nbn.layer_norm_backward(dy, cache)  # doctest: +SKIP
 """
 from ._dispatch import available_backends, backend, get_backend, set_backend
+from ._pool import empty_cache
 from .functional import *  # noqa: F401,F403  (the public ops)
 from .functional import __all__ as _ops
 from . import layers
@@ -13,4 +14,4 @@ from .layers import __all__ as _layers
 
 __version__ = "0.1.0"
 
-__all__ = ["available_backends", "backend", "get_backend", "set_backend", "layers", *_ops, *_layers]
+__all__ = ["available_backends", "backend", "empty_cache", "get_backend", "set_backend", "layers", *_ops, *_layers]

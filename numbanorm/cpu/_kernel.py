@@ -11,7 +11,6 @@ import functools
 import importlib
 import math
 import os
-import sys
 import threading
 import types
 
@@ -19,6 +18,8 @@ import numba
 import numpy as np
 from numba import njit
 from numba.extending import overload
+
+from .._pool import allocate_host, lend_host, Pool
 
 # reassoc lets LLVM vectorise reductions (the order is still fixed by the code, so
 # results stay reproducible); no nnan/ninf, so NaN and inf propagate as in NumPy.
@@ -140,55 +141,43 @@ class OutputPool:
     fresh large array is fresh memory from the OS, which the kernel must fault in
     and zero page by page: as costly as writing the output a second time, and
     when a kernel's threads fault pages of the same array at once, several times
-    that (measured: 12 ms for 4 MiB of per-block partial sums). The pool keeps
-    the last few large buffers and hands one out again when nothing but the pool
-    refers to it (CPython's reference count says so; any view, memoryview or
-    torch.from_numpy of an output keeps its buffer alive and out of reach).
+    that (measured: 12 ms for 4 MiB of per-block partial sums). Arrays of
+    ``min_bytes`` or more come from a :class:`numbanorm._pool.Pool`, which hands
+    a buffer out again only once every array over it is gone (any view,
+    memoryview or ``torch.from_numpy`` of an output keeps it out of reach). The
+    pool keeps at most ``max_buffers`` free buffers and ``NUMBANORM_POOL_BYTES``
+    bytes of them (default 1 GiB); ``numbanorm.empty_cache()`` releases them.
     """
 
-    def __init__(self, min_bytes=1 << 22, max_buffers=8):
+    def __init__(self, min_bytes=1 << 22, max_buffers=8, cap_bytes=None, label=None):
         self.min_bytes = min_bytes
-        self.max_buffers = max_buffers
-        self._buffers = []
-        self._lock = threading.Lock()
+        self.pool = Pool(allocate_host, lend_host, cap_bytes, max_buffers, label)
 
     def empty(self, shape, dtype):
         """An uninitialised C-contiguous array, like ``np.empty(shape, dtype)``."""
         dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < self.min_bytes:
+        if math.prod(shape) * dtype.itemsize < self.min_bytes:
             return np.empty(shape, dtype)
-        with self._lock:
-            for i in range(len(self._buffers)):
-                # Free when the only references are the list's and getrefcount's argument.
-                if self._buffers[i].nbytes == nbytes and sys.getrefcount(self._buffers[i]) == 2:
-                    buffer = self._buffers.pop(i)
-                    self._buffers.append(buffer)  # most recently used last
-                    return buffer.view(dtype).reshape(shape)
-            buffer = np.empty(nbytes, np.uint8)
-            self._buffers.append(buffer)
-            if len(self._buffers) > self.max_buffers:
-                self._buffers.pop(0)
-        return buffer.view(dtype).reshape(shape)
+        return self.pool.empty(shape, dtype)
 
     def empty_like(self, a):
         if a.nbytes < self.min_bytes:  # (the common small call, without the pool's bookkeeping)
             return np.empty(a.shape, a.dtype)
-        return self.empty(a.shape, a.dtype)
+        return self.pool.empty(a.shape, a.dtype)
 
     def zeros(self, shape, dtype=np.float64):
         """A zeroed C-contiguous array, like ``np.zeros(shape, dtype)``."""
         dtype = np.dtype(dtype)
         if math.prod(shape) * dtype.itemsize < self.min_bytes:
             return np.zeros(shape, dtype)  # (calloc: cheaper than empty and fill for small sizes)
-        a = self.empty(shape, dtype)
+        a = self.pool.empty(shape, dtype)
         a.fill(0)
         return a
 
 
-outputs = OutputPool()
+outputs = OutputPool(label="cpu outputs")
 """The pool every CPU op takes its large outputs (y, dx, and what a cache keeps) from."""
 
-scratch = OutputPool(min_bytes=1 << 16)
+scratch = OutputPool(min_bytes=1 << 16, label="cpu scratch")
 """The pool of buffers an op uses only during a call: per-block partial sums, temporaries.
 Apart from :data:`outputs`, so that they never push a large output out."""
