@@ -6,7 +6,7 @@ from ._arrays import give, is_host, rows, to_host
 def _group_rows(x, p):
     """Device rows of shape (N * G, C // G * spatial) with channels first, and the way back."""
     spatial = tuple(i for i in range(1, x.ndim) if i != p["axis"])
-    x2, undo = rows(x, (p["axis"], *spatial), p["cdtype"])
+    x2, undo = rows(x, (p["axis"], *spatial), None)  # float16 stays float16: the kernels read it
     groups = p["num_groups"]
     return x2.reshape(x2.shape[0] * groups, x2.shape[1] // groups), lambda y: undo(y.reshape(x2.shape))
 
@@ -16,7 +16,8 @@ def forward(x, p):
     xg, undo = _group_rows(x, vars(p))
     groups = p.num_groups
     channels_per_group = x.shape[p.axis] // groups
-    y2, mean, rstd, _ = rowwise.forward(xg, p.weight, p.bias, groups, channels_per_group, p.eps, True, p.dtype)
+    y2, mean, rstd, _ = rowwise.forward(xg, p.weight, p.bias, groups, channels_per_group, p.eps, True, p.dtype,
+                                        p.cdtype)
     public = (x.shape[0], groups)
     return (undo(y2), to_host(mean.reshape(public), host), to_host(rstd.reshape(public), host),
             {"x2": xg, "mean": mean, "rstd": rstd})

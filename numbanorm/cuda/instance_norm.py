@@ -17,8 +17,8 @@ def forward(x, p):
         y3 = channelwise.normalize(x3, mean, rstd, p.weight, p.bias, p.dtype)
         return undo(y3), to_host(mean, host), to_host(rstd, host), {"x3": x3, "mean": mean, "rstd": rstd}
     channels_n = x.shape[p.axis]
-    x2, undo = rows(x, _spatial(x.ndim, p.axis), p.cdtype)  # rows ordered (n, c)
-    y2, mean, rstd, std = rowwise.forward(x2, p.weight, p.bias, channels_n, 1, p.eps, True, p.dtype)
+    x2, undo = rows(x, _spatial(x.ndim, p.axis), None)  # rows ordered (n, c); float16 stays float16
+    y2, mean, rstd, std = rowwise.forward(x2, p.weight, p.bias, channels_n, 1, p.eps, True, p.dtype, p.cdtype)
     per_instance = (x.shape[0], channels_n)
     if p.update_running:  # the batch average of the instances' mean and unbiased variance
         n = x2.shape[1]
@@ -33,7 +33,7 @@ def backward(dy, cache):
     if not p["use_input_stats"]:
         return channel_backward(dy, p, s, batch_stats=False)
     host = is_host(dy)
-    dy2, undo = rows(dy, _spatial(dy.ndim, p["axis"]), p["cdtype"])
+    dy2, undo = rows(dy, _spatial(dy.ndim, p["axis"]), None)
     dx2, dweight, dbias = rowwise.backward(s["x2"], dy2, p["weight"], dy.shape[p["axis"]], 1, s["mean"],
                                            s["rstd"], True, p["dtype"], p["weight_dtype"] or p["cdtype"],
                                            p["bias_dtype"] or p["cdtype"])
