@@ -46,7 +46,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._arrays import empty, full, vector
+from ._arrays import empty, full, is_host, vector
 from ._launch import ROW_CACHE_BYTES, cdiv, kernel, partial_rows_limit, register_row_config, row_config
 from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
@@ -121,7 +121,7 @@ def _forward_kernel(per, weights):
                             k = base
                         else:
                             k = base + q
-                        out[j] = (values[i] - mean) * rstd * w[k] + b[k]
+                        out[j] = (values[i] - mean) * rstd * T(w[k]) + T(b[k])
                     if weights == SEGMENT:
                         q += q_step
                         rem += rem_step
@@ -307,12 +307,12 @@ def _forward_long_kernel(per_element, cached):
                 if per_element:
                     j = lane
                     while j < L:  # (a while loop: no division for the trip count)
-                        y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * rstd * w[base + j] + b[base + j]
+                        y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * rstd * T(w[base + j]) + T(b[base + j])
                         j += lanes
                 else:
                     for q in range(nseg):  # one weight and bias over the segment
-                        scale = rstd * w[base + q]
-                        shift = b[base + q]
+                        scale = rstd * T(w[base + q])
+                        shift = T(b[base + q])
                         j = q * seg + lane
                         while j < (q + 1) * seg:  # (a while loop: no division for the trip count)
                             y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * scale + shift
@@ -393,7 +393,7 @@ def _backward_long_kernel(per_element, cached):
                         xhat = (v - m) * rs
                         dw_part[p, base + j] += d * xhat
                         db_part[p, base + j] += d
-                        g = d * w[base + j]
+                        g = d * T(w[base + j])
                         sum_g += g
                         sum_gx += g * xhat
                         j += lanes
@@ -416,8 +416,8 @@ def _backward_long_kernel(per_element, cached):
                     if valid and lane == 0:
                         dw_part[p, base + q] += sum_dyx
                         db_part[p, base + q] += sum_dy
-                    sum_g += w[base + q] * sum_dy
-                    sum_gx += w[base + q] * sum_dyx
+                    sum_g += T(w[base + q]) * sum_dy
+                    sum_gx += T(w[base + q]) * sum_dyx
             mean_g = sum_g / T(L) if center else T(0)
             mean_gx = sum_gx / T(L)
             if cached:  # the segments' lanes stored elements other lanes read below
@@ -429,7 +429,7 @@ def _backward_long_kernel(per_element, cached):
                     while j < j1:  # (a while loop: no division for the trip count)
                         v = x_cache[j] if cached else T(x[r, j])
                         d = dy_cache[j] if cached else T(dy[r, j])
-                        g = d * w[base + (j if per_element else q)]
+                        g = d * T(w[base + (j if per_element else q)])
                         dx[r, j] = rs * (g - mean_g - (v - m) * rs * mean_gx)
                         j += lanes
             if cached:  # read before the next rows overwrite the cache
@@ -485,8 +485,8 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     dtype = _compute_dtype(x2, dtype)
     if L == 0:  # statistics of nothing
         return empty((R, 0), out_dtype), full(R, np.nan, dtype), full(R, np.nan, dtype), full(R, np.nan, dtype)
-    w = vector(weight, period * nseg, 1.0, dtype)
-    b = vector(bias, period * nseg, 0.0, dtype)
+    w = vector(weight, period * nseg, 1.0, _param_dtype(weight, dtype))
+    b = vector(bias, period * nseg, 0.0, _param_dtype(bias, dtype))
     y2 = empty((R, L), out_dtype)
     mean, rstd, std = empty(R, dtype), empty(R, dtype), empty(R, dtype)
     if R == 0:
@@ -550,7 +550,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
     dw, db = empty(entries, dw_dtype), empty(entries, db_dtype)
     if R == 0 or L == 0:
         return dx2, full(entries, 0.0, dw_dtype), full(entries, 0.0, db_dtype)
-    w = vector(weight, entries, 1.0, dtype)
+    w = vector(weight, entries, 1.0, _param_dtype(weight, dtype))
     per_element, per_row = period == 1 and nseg == L, nseg == 1
     config = register_row_config(R, L, "backward", dtype.itemsize, partial_rows_limit()) if per_element or per_row else None
     if config is not None:
@@ -574,6 +574,12 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
             x2, dy2, dx2, w, period, nseg, mean, rstd, center, length, dw_part, db_part)
     column_sums(dw_part, db_part, dw, db)
     return dx2, dw, db
+
+
+def _param_dtype(a, dtype):
+    """The dtype the kernels read an affine parameter in: float16 device parameters as they are
+    (no cast launch), else the compute dtype."""
+    return a.dtype if a is not None and a.dtype == np.float16 and not is_host(a) else dtype
 
 
 def _compute_dtype(x2, dtype):
