@@ -144,6 +144,15 @@ def grid_config(R, L):
 
 
 @functools.lru_cache(maxsize=256)
+def column_config(P, K):
+    """``(grid, (columns, groups))`` for adding up ``P`` partial rows of ``K`` columns: a warp's
+    width of columns a block, its threads' rows (groups) splitting the partial rows."""
+    columns = ROW_WARP
+    groups = max(1, min(BLOCK // columns, pow2_at_least(P)))
+    return max(1, min(cdiv(K, columns), MAX_BLOCKS)), (columns, groups)
+
+
+@functools.lru_cache(maxsize=256)
 def flat_config(n):
     """``(grid, block)`` for a 1-D grid-stride kernel over ``n`` items."""
     threads = min(BLOCK, pow2_at_least(n))

@@ -25,7 +25,7 @@ per column, in a fixed order, so results do not depend on scheduling.
 import numpy as np
 from numba import config, cuda
 
-from ._launch import BLOCK, MAX_BLOCKS, ROW_WARP, WARP, cdiv, kernel, pow2_at_least
+from ._launch import WARP, column_config, kernel
 
 if config.ENABLE_CUDASIM:
     def _slots(lanes, rows):
@@ -155,8 +155,5 @@ def column_sums(part_a, part_b, out_a, out_b):
     P, K = part_a.shape
     if K == 0:
         return
-    columns = ROW_WARP
-    groups = max(1, min(BLOCK // columns, pow2_at_least(P)))
-    blocks = max(1, min(cdiv(K, columns), MAX_BLOCKS))
-    _column_sums[blocks, (columns, groups), 0, 2 * columns * groups * part_a.dtype.itemsize](
-        part_a, part_b, out_a, out_b)
+    grid, block = column_config(P, K)
+    _column_sums[grid, block, 0, 2 * block[0] * block[1] * part_a.dtype.itemsize](part_a, part_b, out_a, out_b)
