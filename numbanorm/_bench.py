@@ -14,6 +14,14 @@ and parameters are negligible. The reference is a Numba ``prange`` copy of the
 same number of bytes, measured in the same process in turn with the op
 (:func:`against_copy`), which moves 2 x size bytes. ``fraction of copy`` is achieved GB/s over copy
 GB/s: 1.0 means the op runs at the speed of memory.
+
+On the cuda backend the same measurements run on the GPU's clock: the inputs
+are device arrays made once, each sample is a run of back-to-back calls between
+two CUDA events (the device synchronized before, the end event waited for
+after; no host copies in between), and the copy reference is a device-to-device
+copy. PyTorch's CUDA ops are timed the same way with ``torch.cuda.Event``
+(:class:`CudaEvents`). The CUDA simulator's events keep no time: there the
+samples fall back to wall time.
 """
 from __future__ import annotations
 
@@ -27,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BACKENDS = ("numpy", "cpu", "cuda")
-SIZES = ("small", "large")
+SIZES = ("small", "large")                       # the asv suite's shapes
+COMMAND_SIZES = ("tiny", "small", "train", "large")   # python -m numbanorm bench --size
 DTYPES = ("float32", "float64")
 DIRECTIONS = ("forward", "backward")
 
@@ -41,11 +50,19 @@ SETTLE_SECONDS = 0.3
 
 # Shapes: "small" is 2**18 elements (1 MiB in float32: stays in L2/L3), "large"
 # is 2**25 elements (128 MiB in float32, 256 MiB in float64: at least 4x a 32 MiB
-# last-level cache, so every pass streams from memory).
-IMAGE = {"small": (8, 32, 32, 32), "large": (32, 256, 64, 64)}   # logical (N, C, H, W)
-ROWS = {"small": (256, 1024), "large": (32768, 1024)}            # (tokens, features)
+# last-level cache, so every pass streams from memory). The command also has
+# "tiny" (a few hundred elements: the per-call cost, and quick enough for the CUDA
+# simulator) and "train", shapes of real training steps: a ResNet-50 first-stage
+# activation at batch 32 (32 x 64 x 56 x 56, 25.7 MB in float32) and 8 sequences of
+# 1024 tokens of a width-4096 transformer (8192 x 4096, 128 MiB).
+IMAGE = {"tiny": (2, 8, 4, 4), "small": (8, 32, 32, 32), "train": (32, 64, 56, 56),
+         "large": (32, 256, 64, 64)}                            # logical (N, C, H, W)
+ROWS = {"tiny": (8, 32), "small": (256, 1024), "train": (8192, 4096),
+        "large": (32768, 1024)}                                 # (tokens, features)
 TINY = (32, 64)                                                  # per-call overhead
-GROUPS = {"small": 8, "large": 32}
+GROUPS = {"tiny": 2, "small": 8, "train": 32, "large": 32}
+# Sizes out of cache, where one call is long and the comparisons need fewer samples.
+STREAMING_SIZES = ("train", "large")
 EPS = 1e-5
 
 
@@ -89,7 +106,8 @@ def _parse_label(label):
     try:
         return tuple(int(n) for n in str(label).split("x"))
     except ValueError:
-        raise ValueError(f"unknown size {label!r}: use one of {', '.join(SIZES)} or a shape like 32x64") from None
+        raise ValueError(f"unknown size {label!r}: use one of {', '.join(COMMAND_SIZES)} "
+                         "or a shape like 32x64") from None
 
 
 CASES = (
@@ -134,6 +152,7 @@ def model_bytes(nbytes, direction):
 # ----------------------------------------------------------------------------- timing
 
 def _sample(fn, number):
+    """Wall seconds of ``number`` calls of ``fn`` (which synchronizes any device itself)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -146,6 +165,61 @@ def _sample(fn, number):
             gc.enable()
 
 
+class CudaEvents:
+    """A clock for :class:`Timer`: seconds of ``number`` calls on the GPU's timeline.
+
+    The device is synchronized, a start event recorded, the calls made back to
+    back (each only queues its kernels: ``fn`` must not synchronize), an end
+    event recorded and waited for. ``event()`` makes a timing event with
+    ``record()``, ``synchronize()`` and ``elapsed_time(end)`` in milliseconds:
+    ``numba.cuda.event`` and ``torch.cuda.Event(enable_timing=True)`` both do.
+    The CUDA simulator's events keep no time (``elapsed_time`` is negative):
+    there, and whenever the events measured nothing, the wall time of the same
+    stretch counts (its kernels run as the calls are made).
+    """
+
+    def __init__(self, event, synchronize, name="CUDA events"):
+        self.synchronize, self.name = synchronize, name
+        self.start, self.end = event(), event()
+        self.wall = False      # whether the last sample fell back to wall time
+
+    def __call__(self, fn, number):
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self.synchronize()
+            wall = time.perf_counter()
+            self.start.record()
+            for _ in range(number):
+                fn()
+            self.end.record()
+            self.end.synchronize()
+            wall = time.perf_counter() - wall
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        ms = self.start.elapsed_time(self.end)
+        self.wall = not ms > 0
+        return wall if self.wall else ms / 1e3
+
+
+def numba_cuda_clock():
+    """A :class:`CudaEvents` clock on numba-cuda's events (the current device, default stream)."""
+    from numba import cuda
+    return CudaEvents(cuda.event, cuda.synchronize, "numba.cuda events")
+
+
+def clock_for(backend):
+    """The clock samples of ``backend`` take: None (wall time) on the host, CUDA events for cuda."""
+    return numba_cuda_clock() if backend == "cuda" else None
+
+
+def cuda_simulated():
+    """Whether Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1); imports numba only."""
+    import numba
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
 class Timer:
     """The best seconds per call of ``fn`` so far, one more sample at each :meth:`sample`.
 
@@ -154,12 +228,15 @@ class Timer:
     more, since on a machine shared with other processes a sample of many
     parallel calls almost surely holds one that waited a whole scheduler time
     slice for a core. The first call counts as a sample when it is that long.
-    ``fn`` must synchronize any device itself.
+    ``clock(fn, number)`` gives the seconds of ``number`` calls: wall time by
+    default, for which ``fn`` must synchronize any device itself; a
+    :class:`CudaEvents` clock times unsynchronized calls on the GPU.
     """
 
-    def __init__(self, fn, min_time=2e-4):
+    def __init__(self, fn, min_time=2e-4, clock=None):
         self.fn = fn
-        first = _sample(fn, 1)
+        self.clock = clock or _sample
+        first = self.clock(fn, 1)
         if first >= min_time:
             self.number, self.best, self.samples = 1, first, [first]
         else:
@@ -177,17 +254,17 @@ class Timer:
 
     def sample(self):
         """Take one more sample; returns the best so far (the sample itself is :attr:`last`)."""
-        self.samples.append(_sample(self.fn, self.number) / self.number)
+        self.samples.append(self.clock(self.fn, self.number) / self.number)
         self.best = min(self.best, self.last)
         return self.best
 
 
-def best_time(fn, repeat=10, min_time=2e-4, budget=None):
+def best_time(fn, repeat=10, min_time=2e-4, budget=None, clock=None):
     """Seconds per call of ``fn``: the best of ``repeat`` samples (see :class:`Timer`).
 
     With a ``budget`` (seconds), sampling stops once it is spent (at least one sample).
     """
-    timer = Timer(fn, min_time)
+    timer = Timer(fn, min_time, clock)
     start = time.perf_counter()
     while timer.count < repeat:
         timer.sample()
@@ -202,7 +279,7 @@ SMALL_COMPARE_REPEAT = 100
 
 def default_repeat(backend, size, repeat=10):
     """The NumPy reference on large inputs takes a second a call: time it once."""
-    return 1 if backend == "numpy" and size == "large" else repeat
+    return 1 if backend == "numpy" and size in STREAMING_SIZES else repeat
 
 
 # ----------------------------------------------------------------------------- bandwidth references
@@ -261,37 +338,39 @@ def _copy_functions(n, where):
             kernel(src, dst)
         return [prange_copy]
 
+    # On the device the copies only queue their work: the CUDA-event clock synchronizes.
     from numba import cuda
     kernel = _cuda_copy_kernel()
     src = cuda.to_device(np.ones(n, np.float32))
     dst = cuda.device_array_like(src)
-    threads = 256
+    # The simulator runs each thread as a Python thread: a few small blocks there.
+    threads = 16 if cuda_simulated() else 256
     sms = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)   # 1 in the simulator
-    blocks = max(1, min(-(-n // threads), 32 * sms))
+    blocks = max(1, min(-(-n // threads), 4 if cuda_simulated() else 32 * sms))
 
     def by_kernel():
         kernel[blocks, threads](src, dst)
-        cuda.synchronize()
 
     def by_memcpy():
         dst.copy_to_device(src)
-        cuda.synchronize()
 
     by_kernel(), by_memcpy()
+    cuda.synchronize()
     return [by_kernel, by_memcpy]
 
 
 def copy_timers(nbytes, backend="cpu"):
     """The timers of the copy reference for ``nbytes`` bytes, one set per process and size.
 
-    ``"cpu"`` and ``"numpy"``: a Numba ``prange`` copy on the host. ``"cuda"``: a
-    device-to-device copy, by a grid-stride kernel and by ``copy_to_device`` (the
-    faster counts).
+    ``"cpu"`` and ``"numpy"``: a Numba ``prange`` copy on the host, wall time.
+    ``"cuda"``: a device-to-device copy, by a grid-stride kernel and by
+    ``copy_to_device`` (cuMemcpyDtoD; the faster counts), timed with CUDA events.
     """
     where = "cuda" if backend == "cuda" else "cpu"
     key = (where, int(nbytes))
     if key not in _copy_timers:
-        _copy_timers[key] = [Timer(fn) for fn in _copy_functions(max(1, int(nbytes) // 4), where)]
+        _copy_timers[key] = [Timer(fn, clock=clock_for(where))
+                             for fn in _copy_functions(max(1, int(nbytes) // 4), where)]
     return _copy_timers[key]
 
 
@@ -304,9 +383,9 @@ def copy_seconds(nbytes, backend="cpu", repeat=COPY_REPEAT):
     return min(timer.best for timer in timers)
 
 
-def interleaved(fns, repeat=10):
+def interleaved(fns, repeat=10, clock=None):
     """Best seconds per call of each of ``fns``, sampled in turn so all see the same load."""
-    timers = [Timer(fn) for fn in fns]
+    timers = [Timer(fn, clock=clock) for fn in fns]
     while any(timer.count < repeat for timer in timers):
         for timer in timers:
             if timer.count < repeat:
@@ -322,10 +401,11 @@ def against_copy(fn, nbytes, backend="cpu", repeat=10):
     ratio copy seconds / ``fn`` seconds is kept per round. On a shared machine the
     memory bandwidth drifts by tens of percent within seconds (other tenants), so a
     best ``fn`` time over a best copy time taken at other moments measures the
-    drift as much as the op; the median of paired ratios does not.
+    drift as much as the op; the median of paired ratios does not. On cuda ``fn``
+    must not synchronize: both are timed with CUDA events (see :class:`CudaEvents`).
     """
     copies = copy_timers(nbytes, backend)
-    timer = Timer(fn)
+    timer = Timer(fn, clock=clock_for(backend))
 
     def copy_sample():
         for copy in copies:
@@ -397,16 +477,21 @@ def last_level_cache():
 
 # ----------------------------------------------------------------------------- prepared ops
 
-def check_backend(backend):
-    """Raise NotImplementedError (asv's "skipped") when ``backend`` cannot run here."""
+def check_backend(backend, allow_simulator=False):
+    """Raise NotImplementedError (asv's "skipped") when ``backend`` cannot run here.
+
+    ``allow_simulator``: accept cuda in the CUDA simulator (the bench command's
+    check that its cuda path runs; its times mean nothing).
+    """
     import numbanorm
     available = numbanorm.available_backends()
     if backend not in available:
         raise NotImplementedError(f"backend {backend!r} is not available here "
                                   f"(available: {', '.join(available)})")
     if backend == "cuda":
-        import numba
-        if numba.config.ENABLE_CUDASIM:
+        if cuda_simulated():
+            if allow_simulator:
+                return
             raise NotImplementedError("backend 'cuda' runs in the CUDA simulator here "
                                       "(NUMBA_ENABLE_CUDASIM=1): nothing to time")
         from numba import cuda
@@ -482,10 +567,12 @@ class Run:
 
     Raises NotImplementedError when the backend is not available. Call
     :meth:`warm` once (compiles the kernels, touches the memory) before timing.
+    On cuda the inputs are device arrays, made once; :meth:`timed` gives the
+    unsynchronized call that :attr:`clock` (CUDA events) times.
     """
 
-    def __init__(self, case, size, dtype, backend, seed=0):
-        check_backend(backend)
+    def __init__(self, case, size, dtype, backend, seed=0, allow_simulator=False):
+        check_backend(backend, allow_simulator)
         import numbanorm
         self.case, self.size, self.dtype, self.backend = case, size, np.dtype(dtype), backend
         self.host = host_inputs(case, size, dtype, seed)
@@ -506,15 +593,22 @@ class Run:
         self._forward = getattr(numbanorm, case.op + "_forward")
         self._backward = getattr(numbanorm, case.op + "_backward")
         self.cache = None
+        self.clock = clock_for(backend)
 
-    def forward(self):
+    def _forward_call(self):
         _, self.cache = self._forward(self.x, *self.args, backend=self.backend, **self.kwargs)
-        self.sync()
 
-    def backward(self):
+    def _backward_call(self):
         if self.cache is None:
             self.forward()
         self._backward(self.dy, self.cache)
+
+    def forward(self):
+        self._forward_call()
+        self.sync()
+
+    def backward(self):
+        self._backward_call()
         self.sync()
 
     def warm(self):
@@ -525,16 +619,21 @@ class Run:
     def run(self, direction):
         return self.forward() if direction == "forward" else self.backward()
 
+    def timed(self, direction):
+        """The call :attr:`clock` times: synchronized for wall time, not under CUDA events."""
+        if self.clock is None:
+            return self.forward if direction == "forward" else self.backward
+        return self._forward_call if direction == "forward" else self._backward_call
+
     def time(self, direction, repeat=10, budget=None):
         """Best seconds of a forward or backward."""
-        return best_time(self.forward if direction == "forward" else self.backward,
-                         repeat=default_repeat(self.backend, self.size, repeat), budget=budget)
+        return best_time(self.timed(direction), repeat=default_repeat(self.backend, self.size, repeat),
+                         budget=budget, clock=self.clock)
 
     def against_copy(self, direction, repeat=10):
         """``(best seconds, fraction of copy)`` of a forward or backward, sampled in turn with
         a copy of the same bytes (see :func:`against_copy`)."""
-        seconds, ratio = against_copy(self.forward if direction == "forward" else self.backward,
-                                      self.nbytes, self.backend,
+        seconds, ratio = against_copy(self.timed(direction), self.nbytes, self.backend,
                                       repeat=default_repeat(self.backend, self.size, repeat))
         return seconds, fraction_of_copy(direction, ratio)
 
@@ -561,6 +660,11 @@ class TorchRun:
     The graph is built by ``forward()`` and reused (``retain_graph=True``) by
     ``backward()``, which calls ``torch.autograd.grad``. Raises
     NotImplementedError when torch (or, for cuda, a CUDA build) is missing.
+
+    For cuda the tensors are made on the device once, the samples are timed with
+    ``torch.cuda.Event`` (:class:`CudaEvents`), the timed forward runs under
+    ``torch.no_grad()`` with its output dropped, and the backward's graph is
+    built once, by :meth:`warm`.
     """
 
     def __init__(self, run):
@@ -574,12 +678,18 @@ class TorchRun:
         case, (x, dy, args, kwargs) = run.case, run.host
         if run.backend == "cuda":
             if not torch.cuda.is_available():
-                raise NotImplementedError("torch has no CUDA device here")
+                raise NotImplementedError(f"torch {torch.__version__} has no CUDA device here")
             device = "cuda"
             self.sync = torch.cuda.synchronize
+            self.clock = CudaEvents(lambda: torch.cuda.Event(enable_timing=True), torch.cuda.synchronize,
+                                    "torch.cuda events")
         else:
             device = "cpu"
             self.sync = _nothing
+            self.clock = None
+        # The forward timed on the GPU builds no graph (inference); on the host it builds
+        # the graph the backward needs, as ours keeps a cache.
+        self.no_grad = device == "cuda"
         torch.set_num_threads(numba.get_num_threads())
 
         def tensor(a, grad=False):
@@ -630,14 +740,24 @@ class TorchRun:
         self.backend, self.size = run.backend, run.size
         self.y = None
 
+    def _forward_call(self):
+        if self.no_grad:
+            with self.torch.no_grad():
+                self.fn()
+        else:
+            self.y = self.fn()
+
+    def _backward_call(self):
+        if self.y is None:
+            self.y = self.fn()     # the graph, built once when the timed forward keeps none
+        self.torch.autograd.grad(self.y, self.inputs, self.dy, retain_graph=True)
+
     def forward(self):
-        self.y = self.fn()
+        self._forward_call()
         self.sync()
 
     def backward(self):
-        if self.y is None:
-            self.forward()
-        self.torch.autograd.grad(self.y, self.inputs, self.dy, retain_graph=True)
+        self._backward_call()
         self.sync()
 
     def warm(self):
@@ -645,9 +765,38 @@ class TorchRun:
         self.backward()
         return self
 
+    def timed(self, direction):
+        """The call :attr:`clock` times: synchronized for wall time, not under CUDA events."""
+        if self.clock is None:
+            return self.forward if direction == "forward" else self.backward
+        return self._forward_call if direction == "forward" else self._backward_call
+
     def time(self, direction, repeat=10, budget=None):
-        return best_time(self.forward if direction == "forward" else self.backward,
-                         repeat=repeat, budget=budget)
+        return best_time(self.timed(direction), repeat=repeat, budget=budget, clock=self.clock)
+
+
+def settle(backend):
+    """Pause after timing torch or numpy before timing ``backend`` again (host backends only:
+    their thread pools spin for a while after a call; see SETTLE_SECONDS)."""
+    if backend != "cuda":
+        time.sleep(SETTLE_SECONDS)
+
+
+def time_alone(run, direction, repeat=10):
+    """Best seconds of ``run``'s forward or backward timed alone (no copies in between)."""
+    return interleaved([run.timed(direction)], repeat, clock=run.clock)[0]
+
+
+def time_over_torch(run, torch_run, direction, repeat=10, ours=None):
+    """Our time over PyTorch's for the same op and data, best of ``repeat`` each, timed apart
+    on their own clocks (``ours``: our best seconds, when already measured alone)."""
+    if ours is None:
+        settle(run.backend)
+        ours = time_alone(run, direction, repeat)
+    settle(run.backend)
+    ratio = ours / torch_run.time(direction, repeat)
+    settle(run.backend)
+    return ratio
 
 
 # ----------------------------------------------------------------------------- the command
@@ -683,7 +832,7 @@ class Progress:
 
 
 def _size_argument(text):
-    if text not in SIZES:
+    if text not in COMMAND_SIZES:
         _parse_label(text)  # raises a clear error for anything else
     return text
 
@@ -691,10 +840,13 @@ def _size_argument(text):
 def add_arguments(parser):
     """The options of ``python -m numbanorm bench``."""
     parser.add_argument("--backend", default="cpu", choices=BACKENDS, help="backend to time (default cpu)")
-    parser.add_argument("--size", default="large", type=_size_argument,
+    parser.add_argument("--size", default=["large"], nargs="+", type=_size_argument, metavar="SIZE",
                         help="small: 2**18 elements, in cache; large: 2**25 elements, "
-                             "128 MiB in float32 (default); or a logical shape such as 16384x1024 "
-                             "(rows x features) or 32x64x56x56 (N x C x H x W) with --ops")
+                             "128 MiB in float32 (default); train: shapes of training steps "
+                             "(32x64x56x56 images, 8192x4096 rows); tiny: a few hundred elements "
+                             "(per-call cost; the CUDA simulator); or a logical shape such as 16384x1024 "
+                             "(rows x features) or 32x64x56x56 (N x C x H x W) with --ops. "
+                             "Several sizes: one table, in turn")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--ops", nargs="+", metavar="OP",
                         help="only these ops (e.g. layer_norm, or batch_norm/NHWC for one layout); "
@@ -715,90 +867,146 @@ def _fmt_time(seconds):
 
 
 def _mib(nbytes):
+    if nbytes < 1 << 20:
+        return f"{nbytes / (1 << 10):g} KiB"
     return f"{nbytes / (1 << 20):g} MiB"
 
 
-def run_command(args, out=None):
-    """``python -m numbanorm bench``: time every op, print the table. Returns an exit code."""
-    out = out or sys.stdout
-    import numba
+def _gpu_description():
+    """One line about the device the cuda backend times, or the simulator."""
+    if cuda_simulated():
+        return ("none: Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) runs the kernels as Python "
+                "threads; wall times, meaningless as speed")
+    from numba import cuda
+    device = cuda.get_current_device()
+    name = device.name.decode() if isinstance(device.name, bytes) else device.name
+    sms = getattr(device, "MULTIPROCESSOR_COUNT", "?")
+    cc = ".".join(map(str, device.compute_capability))
+    return (f"{name} (compute capability {cc}, {sms} SMs); samples timed with CUDA events around "
+            "back-to-back calls, the device synchronized before and after")
 
+
+def _versions(backend, with_torch, no_torch):
+    """The versions line of the header (torch: its CUDA build on cuda, or why there is no comparison)."""
+    import numba
+    if backend == "cuda":
+        import importlib.metadata
+        try:
+            numba_cuda = f", numba-cuda {importlib.metadata.version('numba-cuda')}"
+        except importlib.metadata.PackageNotFoundError:
+            numba_cuda = ""
+        text = f"numba {numba.__version__}{numba_cuda}; numpy {np.__version__}"
+    else:
+        layer, threads = threading_info()
+        text = f"numba {numba.__version__}, threading layer {layer}, {threads} threads; numpy {np.__version__}"
+    if with_torch:
+        import torch
+        if backend == "cuda":
+            if torch.cuda.is_available():
+                text += f"; torch {torch.__version__} (CUDA {torch.version.cuda}; forward under no_grad)"
+            else:
+                text += f"; torch {torch.__version__} without a CUDA device (no comparison)"
+        else:
+            text += f"; torch {torch.__version__} ({threads} threads)"
+    elif not no_torch:
+        text += "; torch not installed (no comparison)"
+    return text
+
+
+def run_command(args, out=None):
+    """``python -m numbanorm bench``: time every op, print the table. Returns an exit code.
+
+    ``args`` as :func:`add_arguments` parses them; ``args.size`` may also be one size name.
+    """
+    out = out or sys.stdout
     import numbanorm
     ops = [o for item in (args.ops or []) for o in item.split(",") if o]
+    size_names = [args.size] if isinstance(args.size, str) else list(dict.fromkeys(args.size))
     try:
         selected = cases(ops)
-        check_backend(args.backend)
+        # The cuda path runs in the simulator too (tiny sizes: a check that it works).
+        check_backend(args.backend, allow_simulator=True)
     except (ValueError, NotImplementedError) as exc:
         print(f"numbanorm bench: {exc}", file=sys.stderr)
         return 2
+    simulated = args.backend == "cuda" and cuda_simulated()
+    if simulated:
+        print("numbanorm bench: the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1): the cuda path runs, "
+              "its times mean nothing (use --size tiny)", file=sys.stderr)
     with_numpy = not args.no_numpy and args.backend != "numpy"
     with_torch = not args.no_torch and torch_available()
     repeat = max(1, args.repeat)
-    # In cache a call takes microseconds and one that waited for a core or found cold caches
-    # is common: the comparisons take the best of more calls there.
-    compare_repeat = repeat if args.size == "large" else max(repeat, SMALL_COMPARE_REPEAT)
 
-    layer, threads = threading_info()
-    nbytes = {c.name: int(np.prod(c.shape(args.size))) * np.dtype(args.dtype).itemsize for c in selected}
-    sizes = sorted(set(nbytes.values()))
+    def compare_repeat_of(size):
+        # In cache a call takes microseconds and one that waited for a core or found cold caches
+        # is common: the comparisons take the best of more calls there.
+        if size in STREAMING_SIZES or simulated:
+            return repeat
+        return max(repeat, SMALL_COMPARE_REPEAT)
+
+    versions = _versions(args.backend, with_torch, args.no_torch)
+    itemsize = np.dtype(args.dtype).itemsize
+    sizes = sorted({int(np.prod(c.shape(size))) * itemsize for size in size_names for c in selected})
     for n in sizes:
-        copy_seconds(n, args.backend)
+        copy_seconds(n, args.backend, repeat=repeat if simulated else COPY_REPEAT)
 
     per_case = 1 + 2 * (1 + with_numpy) + with_numpy + with_torch
-    progress = Progress(len(selected) * per_case)
+    progress = Progress(len(selected) * len(size_names) * per_case)
     measured = []
     try:
-        for case in selected:
-            progress.show(f"{case.name}: building data, compiling")
-            run = Run(case, args.size, args.dtype, args.backend).warm()
-            progress.step(f"{case.name}: ready")
-            ref = tr = None
-            if with_numpy:
-                ref = Run(case, args.size, args.dtype, "numpy").warm()
-                progress.step(f"{case.name}: numpy reference warmed")
-            if with_torch:
-                try:
-                    tr = TorchRun(run).warm()
-                except NotImplementedError:
-                    tr = None
-                progress.step(f"{case.name}: torch warmed")
-            for direction in DIRECTIONS:
-                # Ours and the copy sampled in turn (the same load for both); torch and numpy
-                # apart, each followed by a pause: torch's OpenMP threads and numpy's OpenBLAS
-                # threads spin after each call (OpenBLAS for about 0.1 s) and take the cores
-                # from Numba's threads (measured: 2x the time of the op that follows).
-                t_ours, frac = run.against_copy(direction, repeat)
-                # The comparisons use ours timed alone, as torch and numpy are: between copies ours
-                # starts each call with cold caches, a handicap at the small size theirs lack.
-                alone = interleaved([getattr(run, direction)], compare_repeat)[0] if tr or ref else None
-                over_torch = None
-                if tr is not None:
-                    time.sleep(SETTLE_SECONDS)
-                    over_torch = alone / interleaved([getattr(tr, direction)], compare_repeat)[0]
-                    time.sleep(SETTLE_SECONDS)
-                progress.step(f"{case.name} {direction}" + (" (and torch)" if tr is not None else ""))
-                over_numpy = None
-                if ref is not None:
-                    over_numpy = ref.time(direction, compare_repeat) / alone
-                    time.sleep(SETTLE_SECONDS)
-                    progress.step(f"{case.name} {direction}: numpy")
-                measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, over_numpy, over_torch))
-            del run, ref, tr
+        for size in size_names:
+            compare_repeat = compare_repeat_of(size)
+            for case in selected:
+                progress.show(f"{case.name}: building data, compiling")
+                run = Run(case, size, args.dtype, args.backend, allow_simulator=True).warm()
+                progress.step(f"{case.name}: ready")
+                ref = tr = None
+                if with_numpy:
+                    ref = Run(case, size, args.dtype, "numpy").warm()
+                    progress.step(f"{case.name}: numpy reference warmed")
+                if with_torch:
+                    try:
+                        tr = TorchRun(run).warm()
+                    except NotImplementedError:
+                        tr = None
+                    progress.step(f"{case.name}: torch warmed")
+                for direction in DIRECTIONS:
+                    # Ours and the copy sampled in turn (the same load for both); torch and numpy
+                    # apart, each followed by a pause on the host: torch's OpenMP threads and numpy's
+                    # OpenBLAS threads spin after each call (OpenBLAS for about 0.1 s) and take the
+                    # cores from Numba's threads (measured: 2x the time of the op that follows).
+                    t_ours, frac = run.against_copy(direction, repeat)
+                    # The comparisons use ours timed alone, as torch and numpy are: between copies
+                    # ours starts each call with cold caches, a handicap at the small size theirs lack.
+                    alone = time_alone(run, direction, compare_repeat) if tr or ref else None
+                    over_torch = None
+                    if tr is not None:
+                        over_torch = time_over_torch(run, tr, direction, compare_repeat, ours=alone)
+                    # The result in the progress line too: a run cut short (a timeout) leaves its log.
+                    progress.step(f"{case.name} {'x'.join(map(str, run.shape))} {direction}: "
+                                  f"{_fmt_time(t_ours)}, {frac:.2f} of copy"
+                                  + ("" if over_torch is None else f", {over_torch:.2f} of torch's time"))
+                    over_numpy = None
+                    if ref is not None:
+                        over_numpy = ref.time(direction, compare_repeat) / alone
+                        time.sleep(SETTLE_SECONDS)
+                        progress.step(f"{case.name} {direction}: numpy")
+                    measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, over_numpy,
+                                     over_torch))
+                del run, ref, tr
     finally:
         progress.close()
 
     llc = last_level_cache()
-    once = " (the numpy reference: 1)" if with_numpy and args.size == "large" else ""
-    print(f"numbanorm {numbanorm.__version__} bench: backend {args.backend}, size {args.size}, "
+    once = (" (the numpy reference: 1)" if with_numpy and any(s in STREAMING_SIZES for s in size_names)
+            else "")
+    print(f"numbanorm {numbanorm.__version__} bench: backend {args.backend}, size {', '.join(size_names)}, "
           f"{args.dtype}, best of {repeat}{once}", file=out)
-    versions = f"numba {numba.__version__}, threading layer {layer}, {threads} threads; numpy {np.__version__}"
-    if with_torch:
-        import torch
-        versions += f"; torch {torch.__version__} ({threads} threads)"
-    elif not args.no_torch:
-        versions += "; torch not installed (no comparison)"
     print(versions, file=out)
-    where = "device-to-device copy" if args.backend == "cuda" else "Numba prange copy"
+    if args.backend == "cuda":
+        print(f"GPU: {_gpu_description()}", file=out)
+    where = ("device-to-device copy, the faster of a grid-stride kernel and cuMemcpyDtoD"
+             if args.backend == "cuda" else "Numba prange copy")
     for n in sizes:
         cache_note = ""
         if llc and args.backend != "cuda":
@@ -830,10 +1038,19 @@ def run_command(args, out=None):
         print("  ".join(cells).rstrip(), file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
+    compared = sorted({compare_repeat_of(size) for size in size_names})
+    compared = " or ".join(map(str, compared))
+    clock = ""
+    if args.backend == "cuda":
+        clock = ("; cuda: every sample is a run of calls between two CUDA events (the device "
+                 "synchronized first), PyTorch's too (torch.cuda.Event; its forward under no_grad, "
+                 "its backward torch.autograd.grad on a graph built once)")
+        if simulated:
+            clock += "; in the simulator, wall time"
     print(f"\ntime, GB/s: best of {repeat} calls sampled in turn with a copy; of copy: the op's GB/s over "
           f"the copy's GB/s measured just before and after it, the median of {repeat} such pairs; "
           "vs numpy: speed-up over the numpy backend; / torch: time over PyTorch's (below 1: faster); "
-          f"both ratios of best times of {compare_repeat}, each side timed alone", file=out)
+          f"both ratios of best times of {compared}, each side timed alone{clock}", file=out)
     return 0
 
 

@@ -25,7 +25,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 
 def _load_bench():
@@ -137,7 +136,9 @@ class _VsTorch:
     Skipped when torch is not installed (asv's own environments do not have it:
     run with ``--python=same`` from an environment that has) and for the numpy
     reference backend. torch's backward is timed alone: ``torch.autograd.grad``
-    on a graph built once, with ``retain_graph=True``.
+    on a graph built once, with ``retain_graph=True``. On cuda both sides are
+    timed with CUDA events and torch's forward runs under ``torch.no_grad()``
+    (``bench.TorchRun``); skipped when torch has no CUDA device.
     """
 
     op = None
@@ -158,11 +159,10 @@ class _VsTorch:
         self.run, self.torch = prepared(("torch", case.name, size, dtype, backend), make)
 
     def _ratio(self, direction):
-        # Apart, as `python -m numbanorm bench` does: torch's OpenMP threads spin after its
-        # calls (its warm-up's too) and would take the cores from ours; the pause lets them stop.
-        time.sleep(bench.SETTLE_SECONDS)
-        ours = bench.best_time(getattr(self.run, direction))
-        return ours / bench.best_time(getattr(self.torch, direction))
+        # Apart, as `python -m numbanorm bench` does: on the host torch's OpenMP threads spin
+        # after its calls (its warm-up's too) and would take the cores from ours, so it pauses
+        # between them; on cuda both sides are timed with CUDA events.
+        return bench.time_over_torch(self.run, self.torch, direction)
 
     def track_forward_time_over_torch(self, *params):
         return self._ratio("forward")
