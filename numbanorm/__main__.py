@@ -1,8 +1,9 @@
-"""The ``numbanorm`` command: ``demo`` (the default), ``bench`` and ``info``.
+"""The ``numbanorm`` command: ``demo`` (the default), ``bench``, ``info`` and ``gpu-report``.
 
     python -m numbanorm [demo]     # Figure 1 of the Batch Normalization paper on digits, in NumPy
     python -m numbanorm bench      # time every op: GB/s, fraction of copy, vs numpy and torch
     python -m numbanorm info       # versions, backends, GPU, threading layer, threads, cache
+    python -m numbanorm gpu-report # every kernel launch compiled for sm_70/80/90: registers, spills, occupancy
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import platform
 import sys
 import warnings
 
-COMMANDS = ("demo", "bench", "info")
+COMMANDS = ("demo", "bench", "info", "gpu-report")
 OPTIONAL = (("numba-cuda", "cuda backend"), ("scikit-learn", "demo"), ("matplotlib", "demo"),
             ("mpi4py", "SyncBatchNorm"), ("torch", "bench comparison"), ("asv", "benchmarks"))
 
@@ -100,7 +101,45 @@ def info(args, out=None):
         print(f"cache: {cache_location()}", file=out)
     else:
         print("threading layer, threads, cache: the cpu backend is not available", file=out)
+    from ._pool import describe_pools
+    print(f"memory pools: {describe_pools()}", file=out)
     return 0
+
+
+def _gpu_static():
+    """numbanorm/cuda/_static.py, loaded by its path: importing it as ``numbanorm.cuda._static``
+    would import numbanorm.cuda, which needs a GPU or the simulator."""
+    import importlib.util
+    name = "numbanorm_gpu_static"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "cuda",
+                                                                          "_static.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def gpu_report(args, out=None):
+    """``python -m numbanorm gpu-report``: the static GPU check's table; with ``--check``, exit 1
+    on any violation."""
+    out = out or sys.stdout
+    static = _gpu_static()
+    try:
+        report = static.run(ccs=args.cc, ops=args.ops, workers=args.workers)
+    except (RuntimeError, ValueError) as exc:
+        print(f"gpu-report: {exc}", file=sys.stderr)
+        return 2
+    print(static.format_report(report), file=out)
+    return 1 if args.check and report.violations else 0
+
+
+def _compute_capability(text):
+    major, _, minor = text.partition(".")
+    try:
+        return int(major), int(minor or 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a compute capability: {text!r} (e.g. 9.0)") from None
 
 
 def build_parser():
@@ -109,7 +148,7 @@ def build_parser():
                                      "benchmarks and information about this installation.",
                                      epilog="With no command, or options only, runs the demo.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     _demo.add_arguments(sub.add_parser(
         "demo", help="train a sigmoid MLP and a small convnet on digits with and without normalization "
                      "(Figure 1 of the Batch Normalization paper), plot, and time the kernels",
@@ -124,6 +163,19 @@ def build_parser():
     sub.add_parser("info", help="versions, backends, GPU, threading layer, threads, cache directory",
                    description="Print versions, the backends available, the GPU found (or not), the Numba "
                                "threading layer in use, the thread count and the kernel cache directory.")
+    report = sub.add_parser(
+        "gpu-report", help="compile every kernel launch for real GPUs, without one: registers, spills, "
+                           "shared memory, occupancy, hot-loop SASS",
+        description="Dry-run the ops on a table of shapes in the CUDA simulator with a GPU's launch "
+                    "choices, compile each kernel launched with ptxas for each compute capability, and "
+                    "print registers, spills, shared memory, occupancy and the SASS of the hot loop, "
+                    "then the launches that would fail or run badly on a GPU (needs numba-cuda[cu12]; "
+                    "nvidia-cuda-nvdisasm for the SASS).")
+    report.add_argument("--cc", nargs="+", type=_compute_capability, default=[(7, 0), (8, 0), (9, 0)],
+                        metavar="X.Y", help="compute capabilities (default 7.0 8.0 9.0)")
+    report.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (default all)")
+    report.add_argument("--workers", type=int, default=None, help="ptxas processes at once (default: CPUs)")
+    report.add_argument("--check", action="store_true", help="exit 1 when there is any violation")
     return parser
 
 
@@ -142,6 +194,8 @@ def main(argv=None):
         return run_command(args)
     if args.command == "info":
         return info(args)
+    if args.command == "gpu-report":
+        return gpu_report(args)
     from ._demo import run_command
     return run_command(args)
 

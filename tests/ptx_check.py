@@ -6,43 +6,60 @@ or that silently computes float32 work in float64 passes there unnoticed. This
 file closes the gap in two steps, each in its own interpreter:
 
 1. ``record``: imported by ``conftest.py`` when ``NUMBANORM_RECORD_KERNELS`` names
-   a file and the simulator is on; every kernel launch adds its function and
-   argument types to a set, written to that file when the tests end.
+   a file and the simulator is on; every kernel launch adds its kernel (module,
+   qualified name and, for kernels that a factory makes, the ``factory_key`` that
+   rebuilds it) and argument types to a set, written to that file when the tests end.
 2. ``python tests/ptx_check.py RECORD [--cc 9.0]``: compiles each recorded
-   (kernel, signature) with NVVM for that compute capability (no driver or GPU
-   needed, only the CUDA toolkit libraries, e.g. ``pip install numba-cuda[cu12]``),
-   and fails when one does not compile, when a kernel given only float32 and
-   float16 arrays has float64 arithmetic in its PTX, or when a kernel of
-   ``numbanorm.cuda`` never ran in the recorded tests.
+   (kernel, signature) with NVVM for that compute capability, with the kernel's
+   launch bounds as on a GPU (no driver or GPU needed, only the CUDA toolkit
+   libraries, e.g. ``pip install numba-cuda[cu12]``), and fails when one does not
+   compile, when a kernel given only float32 and float16 arrays has float64
+   arithmetic in its PTX, or when a kernel of ``numbanorm.cuda`` never ran in the
+   recorded tests.
 
-``tests/test_cuda_ptx.py`` runs both steps.
+``tests/test_cuda_ptx.py`` runs both steps. The compile helpers are those of the
+static GPU check, ``numbanorm/cuda/_static.py`` (``tests/test_gpu_static.py``),
+which goes further: registers, spills, shared memory and occupancy of the
+launches that large shapes make.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
 import importlib
+import importlib.util
+import os
 import pickle
-import re
 import sys
-import types as pytypes
+
+
+def load_static():
+    """``numbanorm/cuda/_static.py``, which holds the compile helpers shared with the static GPU
+    check, loaded by its path: importing it as ``numbanorm.cuda._static`` would import
+    ``numbanorm.cuda``, which needs a GPU, the simulator, or :func:`pretend_a_device` first."""
+    name = "numbanorm_gpu_static"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("numbanorm").submodule_search_locations[0]
+        spec = importlib.util.spec_from_file_location(name, os.path.join(package, "cuda", "_static.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+static = load_static()
+pretend_a_device = static.pretend_a_device
+F64_ARITHMETIC = static.F64_ARITHMETIC
 
 # ----------------------------------------------------------------------------- step 1 (simulator)
 
 
-def _argument_type(value):
-    import numba
-    from numba.core import types
-    if hasattr(value, "_ary"):          # a simulator device array
-        value = value._ary
-    t = numba.typeof(value)
-    if isinstance(t, types.Array):     # device arrays are never read-only
-        t = types.Array(t.dtype, t.ndim, t.layout)
-    return t
-
-
 def record(path):
-    """Record every simulated kernel launch's (module, name, argument types) into ``path`` at exit."""
+    """Record every simulated kernel launch's (kernel identity, argument types) into ``path`` at exit.
+
+    The identity is :func:`_static.kernel_identity`'s ``(module, qualname, factory_key)``,
+    so kernels that factories make are rebuilt in step 2.
+    """
     from numba.cuda.simulator import kernel as simulator
     FakeCUDAKernel = simulator.FakeCUDAKernel
     seen = set()
@@ -52,7 +69,7 @@ def record(path):
         fn = self.fn
         is_launch = not self._device and not simulator._kernel_context   # not a device-function call
         if is_launch and fn.__module__.startswith("numbanorm."):
-            seen.add((fn.__module__, fn.__name__, tuple(_argument_type(a) for a in args)))
+            seen.add((static.kernel_identity(fn), tuple(static.argument_type(a) for a in args)))
         return launch(self, *args)
 
     FakeCUDAKernel.__call__ = recording_launch
@@ -66,34 +83,20 @@ def record(path):
 
 # ----------------------------------------------------------------------------- step 2 (NVVM)
 
-F64_ARITHMETIC = re.compile(r"^\s*(add|sub|mul|div|fma|rcp|sqrt|neg|abs|min|max)(\.[a-z]+)*\.f64\b", re.M)
-
-
-def pretend_a_device(cc):
-    """Let numba-cuda compile without a driver: kernels ask for the current device's
-    compute capability when they compile the device functions they call."""
-    from numba import cuda
-    import numba.cuda.dispatcher as dispatcher
-    cuda.is_available = lambda: True   # numbanorm.cuda checks this at import
-    dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
-
 
 def compile_all(entries, cc):
     """``(failures, float64_kernels, compiled)``: messages for kernels that did not compile,
-    names of float32-only kernels with float64 arithmetic, and the count compiled."""
-    from numba import cuda
-    from numba.core import types
+    names of float32-only kernels with float64 arithmetic, and the count compiled. Each kernel
+    is compiled as on a GPU, with its launch bounds (see ``_static.compile_ptx``)."""
     failures, float64_kernels = [], []
-    for module, name, argtypes in entries:
-        kernel = getattr(importlib.import_module(module), name)
-        label = f"{module}.{name}{tuple(str(t) for t in argtypes)}"
+    for identity, argtypes in entries:
+        label = f"{static.kernel_name(*identity)}({static.short_signature(argtypes)})"
         try:
-            ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=cc)
+            ptx = static.compile_ptx(static.resolve_kernel(*identity), argtypes, cc)
         except Exception as exc:  # report every kernel, not only the first failure
-            failures.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            failures.append(f"{label}: {static.error_summary(exc)}")
             continue
-        dtypes = {t.dtype for t in argtypes if isinstance(t, types.Array)}
-        if dtypes and dtypes <= {types.float32, types.float16} and F64_ARITHMETIC.search(ptx):
+        if static.has_float64_arithmetic(ptx, argtypes):
             float64_kernels.append(label)
     return failures, float64_kernels, len(entries) - len(failures)
 
@@ -124,9 +127,9 @@ def main(argv=None):
         entries = pickle.load(f)
     pretend_a_device(cc)
     failures, float64_kernels, compiled = compile_all(entries, cc)
-    never_run = sorted(defined_kernels() - {(module, name) for module, name, _ in entries})
-    modules = sorted({module.rsplit(".", 1)[1] for module, _, _ in entries})
-    print(f"{compiled} of {len(entries)} kernel signatures ({len({(m, n) for m, n, _ in entries})} kernels "
+    never_run = sorted(defined_kernels() - {(module, name) for (module, name, _), _ in entries})
+    modules = sorted({module.rsplit(".", 1)[1] for (module, _, _), _ in entries})
+    print(f"{compiled} of {len(entries)} kernel signatures ({len({i for i, _ in entries})} kernels "
           f"of {', '.join(modules)}) compiled to PTX for sm_{cc[0]}{cc[1]}")
     for line in failures:
         print("did not compile:", line)

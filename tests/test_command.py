@@ -94,4 +94,44 @@ def test_python_dash_m_numbanorm_help():
     done = subprocess.run([sys.executable, "-m", "numbanorm", "--help"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "{demo,bench,info}" in done.stdout
+    assert "{demo,bench,info,gpu-report}" in done.stdout
+
+
+def test_bench_cuda_path_runs_in_the_simulator():
+    """``bench --backend cuda`` at the tiny size in Numba's CUDA simulator: the device path (device
+    arrays, the device-to-device copy reference, CUDA-event timing falling back to wall time) runs
+    end to end and prints the usual table."""
+    pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
+    root = os.path.dirname(os.path.dirname(numbanorm.__file__))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env.pop("NUMBANORM_BACKEND", None)
+    done = subprocess.run([sys.executable, "-m", "numbanorm", "bench", "--backend", "cuda", "--size", "tiny",
+                           "--ops", "layer_norm", "batch_norm/NHWC", "--repeat", "1", "--no-numpy"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("numbanorm ") and "backend cuda, size tiny" in lines[0]
+    assert any(line.startswith("GPU: none: Numba's CUDA simulator") for line in lines)
+    assert any(line.startswith("copy bandwidth:") and "device-to-device copy" in line for line in lines)
+    head = next(i for i, line in enumerate(lines) if line.startswith("op "))
+    assert lines[head].split() == ["op", "layout", "shape", "direction", "time", "GB/s", "of", "copy",
+                                   "vs", "numpy", "/", "torch"]
+    rows = [line.split() for line in lines[head + 2:] if line.strip() and not line.startswith("time, ")]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("batch_norm", "NHWC", "2x4x4x8", "forward"), ("batch_norm", "NHWC", "2x4x4x8", "backward"),
+        ("layer_norm", "rows", "8x32", "forward"), ("layer_norm", "rows", "8x32", "backward")]
+    assert all(r[-1] == "-" for r in rows)                  # no torch comparison in the simulator
+    assert "the CUDA simulator is on" in done.stderr
+
+
+def test_bench_cpu_several_sizes_in_one_table(capsys):
+    assert command.main(["bench", "--size", "tiny", "16x64", "--ops", "layer_norm", "--repeat", "1",
+                         "--no-numpy", "--no-torch"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "backend cpu, size tiny, 16x64, float32" in lines[0]
+    assert sum(line.startswith("copy bandwidth:") and "Numba prange copy" in line for line in lines) == 2
+    head = next(i for i, line in enumerate(lines) if line.startswith("op "))
+    rows = [line.split()[:4] for line in lines[head + 2:] if line.strip() and not line.startswith("time, ")]
+    assert rows == [["layer_norm", "rows", "8x32", "forward"], ["layer_norm", "rows", "8x32", "backward"],
+                    ["layer_norm", "rows", "16x64", "forward"], ["layer_norm", "rows", "16x64", "backward"]]
