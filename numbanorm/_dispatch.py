@@ -92,10 +92,10 @@ def is_device_array(a):
 def device_view(a):
     """[cuda] A CuPy array or torch CUDA tensor as a Numba device array sharing its memory."""
     try:
-        launch = importlib.import_module("numbanorm.cuda._launch")
+        arrays = importlib.import_module("numbanorm.cuda._arrays")
     except ImportError as exc:
         raise RuntimeError(f"backend 'cuda' is not available: {exc}") from exc
-    return launch.device_view(a)
+    return arrays.device_view(a)
 
 
 def as_kind(a, like):

@@ -69,6 +69,18 @@ PARTIAL_ROWS = 4 if SIM else 256
 # re-read global memory. Small in the simulator, so its tests take both paths.
 ROW_CACHE_BYTES = 1024 if SIM else SHARED_PER_BLOCK
 
+# Channel statistics (channelwise.py).
+# Channels-last: about this many threads, a (chunk of rows, fused column) each.
+CHUNK_THREADS = 16 if SIM else 1 << 17
+# Channels-last: chunks are no shorter than this many (fused) rows, so the partials
+# (two values per chunk and column) stay small beside x.
+MIN_CHUNK_ROWS = 2 if SIM else 32
+# The merge of the partial moments spreads its channels over about this many blocks (the
+# SMs of a large GPU) when it can, fewer channels a block than a warp's width if need be.
+MERGE_BLOCKS = 2 if SIM else 128
+# Channels-first: planes are cut in pieces no shorter than this when there are few of them.
+MIN_PIECE = 16 if SIM else 1 << 14
+
 
 def kernel(fn=None, *, max_threads=MAX_THREADS):
     """``cuda.jit`` for a kernel whose blocks never have more than ``max_threads`` threads.
@@ -163,6 +175,34 @@ def partial_rows_limit():
     """How many blocks a kernel writing per-block partial sums gets: fixed, so results do not
     depend on the GPU (see PARTIAL_ROWS)."""
     return PARTIAL_ROWS
+
+
+@functools.lru_cache(maxsize=256)
+def channel_chunk_config(R, W):
+    """``(per, K)``: the ``R`` rows of a ``(R, W)`` array cut in ``K`` pieces of ``per`` rows, so
+    that about CHUNK_THREADS threads, one per (piece, column), share a column-wise reduction."""
+    if R == 0:
+        return 1, 0
+    per = max(min(MIN_CHUNK_ROWS, R), cdiv(R, max(1, CHUNK_THREADS // max(W, 1))))
+    return per, cdiv(R, per)
+
+
+@functools.lru_cache(maxsize=256)
+def channel_merge_config(C, P):
+    """``(grid, (columns, groups))`` of :func:`_merge` for C channels of P partials each: a warp's
+    width of channels a block when there are many, fewer when that leaves fewer than MERGE_BLOCKS
+    blocks (the merge is latency-bound: what matters is how many SMs share it)."""
+    columns = min(ROW_WARP, 1 << max(0, (C // MERGE_BLOCKS).bit_length() - 1))  # a power of two <= C / MERGE_BLOCKS
+    groups = max(1, min(MAX_LANES // columns, pow2_at_least(P)))
+    return max(1, min(cdiv(C, columns), MAX_BLOCKS)), (columns, groups)
+
+
+@functools.lru_cache(maxsize=256)
+def channel_piece_length(A, C, B):
+    """Channels-first: planes of ``B`` values are cut in pieces of this length when there are
+    too few planes (``A * C``) to keep the GPU busy."""
+    pieces = max(1, min(cdiv(B, MIN_PIECE), partial_rows_limit() // (A * C)))
+    return cdiv(B, pieces)
 
 
 def occupancy(threads, registers, shared_bytes, cc=(9, 0)):

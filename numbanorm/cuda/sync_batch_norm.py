@@ -23,12 +23,12 @@ forward, backward = batch_norm.forward, batch_norm.backward
 def local_moments(x, p):
     """``(state, mean, m2)``: this rank's mean and sum of squared deviations per channel, computed
     on the device, returned as float64 host vectors."""
-    x3, _ = channels(x, p.axis, p.cdtype)
+    x3, _ = channels(x, p.axis, None)  # float16 as it is: the kernels compute in p.cdtype
     A, C, B = x3.shape
     state = (x3.reshape(x.shape), is_host(x))  # the device copy, for normalize
     if x3.size == 0:
         return state, np.zeros(C), np.zeros(C)
-    mean, std, _ = channelwise.moments(x3, p.eps)
+    mean, std, _ = channelwise.moments(x3, p.eps, p.cdtype)
     return state, _host64(mean), _host64(std) ** 2 * (A * B)
 
 
@@ -51,7 +51,7 @@ def update_running(running, stat, factor):
 def grad_sums(dy, cache):
     """``(state, sum(dy), sum(dy * xhat))`` per channel over this rank's batch, as float64 host vectors."""
     p, s = cache.params, cache.saved
-    dy3, undo = channels(dy, p["axis"], p["cdtype"])
+    dy3, undo = channels(dy, p["axis"], None)
     sum_dy, sum_dy_xhat = channelwise.grad_sums(s["x3"], dy3, s["mean"], s["rstd"])
     return (dy3, undo, sum_dy, sum_dy_xhat, is_host(dy)), _host64(sum_dy), _host64(sum_dy_xhat)
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import rowwise
-from ._arrays import full, is_host, rows, to_device, to_host
+from ._arrays import full, is_host, rows, to_device
 
 
 def _slices(v, axis, dtype):

@@ -14,10 +14,10 @@ import numpy as np
 from .._dispatch import is_device_array
 
 
-def _launch():
-    """:mod:`numbanorm.cuda._launch`; RuntimeError where the cuda backend cannot run."""
+def _cuda_arrays():
+    """:mod:`numbanorm.cuda._arrays`; RuntimeError where the cuda backend cannot run."""
     try:
-        return importlib.import_module("numbanorm.cuda._launch")
+        return importlib.import_module("numbanorm.cuda._arrays")
     except ImportError as exc:
         raise RuntimeError(f"backend 'cuda' is not available: {exc}") from exc
 
@@ -28,7 +28,7 @@ def on_device(a):
 
 def require_cuda():
     """Raise RuntimeError unless device arrays can be made here (before anything is moved)."""
-    _launch()
+    _cuda_arrays()
 
 
 def to_host(a):
@@ -36,16 +36,16 @@ def to_host(a):
     if isinstance(a, np.ndarray):
         return a
     if is_device_array(a):
-        return _launch().device_view(a).copy_to_host()
+        return _cuda_arrays().device_view(a).copy_to_host()
     return np.asarray(a)
 
 
 def to_device(a, dtype=None):
     """``a`` as a C-contiguous Numba device array of ``dtype``: itself when it is one already."""
-    launch = _launch()
+    arrays = _cuda_arrays()
     if on_device(a):
-        return launch.to_device(launch.device_view(a), dtype)
-    return launch.cuda.to_device(np.asarray(a, dtype=dtype, order="C"))  # keeps 0-d arrays 0-d
+        return arrays.to_device(arrays.device_view(a), dtype)
+    return arrays.cuda.to_device(np.asarray(a, dtype=dtype, order="C"))  # keeps 0-d arrays 0-d
 
 
 def host_copy(a):
@@ -79,5 +79,6 @@ def accumulate(acc, g):
         return
     g = to_device(g, acc.dtype)
     from ._cuda import add_into
-    grid, block = _launch().flat_config(acc.size)
+    from ..cuda._launch import flat_config
+    grid, block = flat_config(acc.size)
     add_into[grid, block](acc.reshape(acc.size), g.reshape(g.size))
