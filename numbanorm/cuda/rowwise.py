@@ -241,13 +241,14 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
     """``(mean, rss)`` of ``x[r, j0:j1]``: its mean (0 without centering) and ``sqrt(sum((x - mean)**2))``.
 
     Every lane of the row calls it; a row past the end (``valid`` false) adds nothing.
-    The sums are in ``scratch``'s dtype. With a ``cache`` of ``j1 - j0`` entries (else
-    empty) the first pass keeps the values there and the second reads them back. Each
-    lane reads back only what it stored itself, so no synchronization is needed.
+    The sums are in ``scratch``'s dtype. The first pass keeps the first ``cache.shape[0]``
+    values (a prefix of the row, all of it, or none) in ``cache`` and the second reads
+    them back from there. Each lane reads back only what it stored itself, so no
+    synchronization is needed.
     """
     T = scratch.dtype.type
     lane, lanes = cuda.threadIdx.x, cuda.blockDim.x
-    cached = cache.shape[0] > 0
+    stop = j0 + cache.shape[0]  # cached below this column
     pivot = T(x[r, j0]) if valid and center else T(0)
     total = T(0)
     size = T(0)
@@ -255,7 +256,7 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
         j = j0 + lane
         while j < j1:  # (a while loop: no division for the trip count)
             v = T(x[r, j])
-            if cached:
+            if j < stop:
                 cache[j - j0] = v
             d = v - pivot
             total += d
@@ -270,7 +271,7 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
         inv_scale = T(1) / scale
         j = j0 + lane
         while j < j1:  # (a while loop: no division for the trip count)
-            d = ((cache[j - j0] if cached else T(x[r, j])) - mean) * inv_scale
+            d = ((cache[j - j0] if j < stop else T(x[r, j])) - mean) * inv_scale
             squares += d * d
             j += lanes
     squares, _ = sum_lanes(squares, T(0), scratch)
@@ -278,9 +279,10 @@ def row_moments(x, r, j0, j1, valid, center, scratch, cache):
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_long_kernel(per_element, cached):
+def _forward_long_kernel(per_element):
     """The forward for long rows: a weight per element (``per_element``) or per segment;
-    rows kept in shared memory between the passes (``cached``) or re-read."""
+    the first ``cache_length`` values of a row kept in shared memory between the passes,
+    the rest re-read."""
 
     @kernel
     def forward_long(x, y, w, b, period, nseg, sqrt_eps, center, cache_length, mean_out, rstd_out, std_out):
@@ -296,7 +298,7 @@ def _forward_long_kernel(per_element, cached):
             r = first + cuda.threadIdx.y
             valid = r < R
             mean, rss = row_moments(x, r, 0, L, valid, center, shared, cache)
-            if cached and not per_element:  # the segments' lanes read what other lanes cached
+            if not per_element:  # the segments' lanes read what other lanes cached
                 cuda.syncthreads()
             if valid:  # (rows past the end would divide by zero when eps is 0)
                 std = rss / math.sqrt(T(L))
@@ -307,7 +309,8 @@ def _forward_long_kernel(per_element, cached):
                 if per_element:
                     j = lane
                     while j < L:  # (a while loop: no division for the trip count)
-                        y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * rstd * T(w[base + j]) + T(b[base + j])
+                        y[r, j] = ((cache[j] if j < cache_length else T(x[r, j])) - mean) * rstd * T(w[base + j]) \
+                            + T(b[base + j])
                         j += lanes
                 else:
                     for q in range(nseg):  # one weight and bias over the segment
@@ -315,13 +318,13 @@ def _forward_long_kernel(per_element, cached):
                         shift = T(b[base + q])
                         j = q * seg + lane
                         while j < (q + 1) * seg:  # (a while loop: no division for the trip count)
-                            y[r, j] = ((cache[j] if cached else T(x[r, j])) - mean) * scale + shift
+                            y[r, j] = ((cache[j] if j < cache_length else T(x[r, j])) - mean) * scale + shift
                             j += lanes
-            if cached and not per_element:  # read before the next rows overwrite the cache
+            if not per_element:  # read before the next rows overwrite the cache
                 cuda.syncthreads()
             first += cuda.gridDim.x * rows
 
-    forward_long.py_func.factory_key = (__name__, "_forward_long_kernel", (per_element, cached))
+    forward_long.py_func.factory_key = (__name__, "_forward_long_kernel", (per_element,))
     return forward_long
 
 
@@ -346,9 +349,10 @@ def _moments(x, length, mean_out, rss_out):
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_long_kernel(per_element, cached):
+def _backward_long_kernel(per_element):
     """The backward for long rows: a weight per element (``per_element``) or per segment;
-    rows kept in shared memory between the passes (``cached``) or re-read."""
+    the first ``cache_length`` values of x and dy kept in shared memory between the passes,
+    the rest re-read."""
 
     @kernel
     def backward_long(x, dy, dx, w, period, nseg, mean, rstd, center, cache_length, dw_part, db_part):
@@ -356,7 +360,7 @@ def _backward_long_kernel(per_element, cached):
 
         With g = dy * w and xhat = (x - mean) * rstd:
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); mean(g) drops without centering.
-        With ``cache_length`` (= L) the sums' pass keeps the row of x and dy in shared memory for dx.
+        The sums' pass keeps the first ``cache_length`` values of x and dy in shared memory for dx.
         """
         T = mean.dtype.type
         shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then the cached rows; sized at launch
@@ -388,7 +392,7 @@ def _backward_long_kernel(per_element, cached):
                     while j < L:  # (a while loop: no division for the trip count)
                         d = T(dy[r, j])
                         v = T(x[r, j])
-                        if cached:
+                        if j < cache_length:
                             x_cache[j], dy_cache[j] = v, d
                         xhat = (v - m) * rs
                         dw_part[p, base + j] += d * xhat
@@ -407,7 +411,7 @@ def _backward_long_kernel(per_element, cached):
                         while j < (q + 1) * seg:  # (a while loop: no division for the trip count)
                             d = T(dy[r, j])
                             v = T(x[r, j])
-                            if cached:
+                            if j < cache_length:
                                 x_cache[j], dy_cache[j] = v, d
                             sum_dy += d
                             sum_dyx += d * ((v - m) * rs)
@@ -420,31 +424,34 @@ def _backward_long_kernel(per_element, cached):
                     sum_gx += T(w[base + q]) * sum_dyx
             mean_g = sum_g / T(L) if center else T(0)
             mean_gx = sum_gx / T(L)
-            if cached:  # the segments' lanes stored elements other lanes read below
+            if not per_element:  # the segments' lanes stored elements other lanes read below
                 cuda.syncthreads()
             if valid:
                 for q in range(1 if per_element else nseg):
                     j0, j1 = (0, L) if per_element else (q * seg, (q + 1) * seg)
                     j = j0 + lane
                     while j < j1:  # (a while loop: no division for the trip count)
-                        v = x_cache[j] if cached else T(x[r, j])
-                        d = dy_cache[j] if cached else T(dy[r, j])
+                        hit = j < cache_length
+                        v = x_cache[j] if hit else T(x[r, j])
+                        d = dy_cache[j] if hit else T(dy[r, j])
                         g = d * T(w[base + (j if per_element else q)])
                         dx[r, j] = rs * (g - mean_g - (v - m) * rs * mean_gx)
                         j += lanes
-            if cached:  # read before the next rows overwrite the cache
+            if not per_element:  # the cache is read before the next rows overwrite it
                 cuda.syncthreads()
             first += cuda.gridDim.x * rows
 
-    backward_long.py_func.factory_key = (__name__, "_backward_long_kernel", (per_element, cached))
+    backward_long.py_func.factory_key = (__name__, "_backward_long_kernel", (per_element,))
     return backward_long
 
 
 @functools.lru_cache(maxsize=256)
 def cache_length(block, L, arrays, dtype):
-    """``L`` when ``arrays`` rows of ``L`` values per row of the block fit in shared memory
-    beside the reduction scratch, else 0 (the kernel re-reads global memory)."""
-    return L if _shared_bytes(block, L, arrays, dtype) <= ROW_CACHE_BYTES else 0
+    """How many values of a row (a prefix: all ``L`` when they fit) a long-row kernel keeps in
+    shared memory, ``arrays`` row arrays per row of the block, beside the reduction scratch;
+    the kernel re-reads the rest from global memory."""
+    free = ROW_CACHE_BYTES - scratch_bytes(block, dtype)
+    return max(0, min(L, free // (block[1] * arrays * np.dtype(dtype).itemsize)))
 
 
 def _shared_bytes(block, length, arrays, dtype):
@@ -501,7 +508,7 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     else:
         grid, block = row_config(R, L)
         length = cache_length(block, L, 1, dtype)
-        _forward_long_kernel(nseg == L, length > 0)[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
+        _forward_long_kernel(nseg == L)[grid, block, 0, _shared_bytes(block, length, 1, dtype)](
             x2, y2, w, b, period, nseg, sqrt_eps, center, length, mean, rstd, std)
     return y2, mean, rstd, std
 
@@ -570,7 +577,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
         parts = grid * block[1]
         dw_part, db_part = empty((parts, entries), dtype), empty((parts, entries), dtype)
         length = cache_length(block, L, 2, dtype)
-        _backward_long_kernel(nseg == L, length > 0)[grid, block, 0, _shared_bytes(block, length, 2, dtype)](
+        _backward_long_kernel(nseg == L)[grid, block, 0, _shared_bytes(block, length, 2, dtype)](
             x2, dy2, dx2, w, period, nseg, mean, rstd, center, length, dw_part, db_part)
     column_sums(dw_part, db_part, dw, db)
     return dx2, dw, db
