@@ -1,9 +1,10 @@
-"""The ``numbanorm`` command: ``demo`` (the default), ``bench``, ``info`` and ``gpu-report``.
+"""The ``numbanorm`` command: ``demo`` (the default), ``bench``, ``info``, ``gpu-report`` and ``warmup``.
 
     python -m numbanorm [demo]     # Figure 1 of the Batch Normalization paper on digits, in NumPy
     python -m numbanorm bench      # time every op: GB/s, fraction of copy, vs numpy and torch
     python -m numbanorm info       # versions, backends, GPU, threading layer, threads, cache
     python -m numbanorm gpu-report # every kernel launch compiled for sm_70/80/90: registers, spills, occupancy
+    python -m numbanorm warmup     # compile the kernels into the on-disk cache once, after installing
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import platform
 import sys
 import warnings
 
-COMMANDS = ("demo", "bench", "info", "gpu-report")
+COMMANDS = ("demo", "bench", "info", "gpu-report", "warmup")
 OPTIONAL = (("numba-cuda", "cuda backend"), ("scikit-learn", "demo"), ("matplotlib", "demo"),
             ("mpi4py", "SyncBatchNorm"), ("torch", "bench comparison"), ("asv", "benchmarks"))
 
@@ -71,7 +72,7 @@ def cache_location():
         directory = numba.config.CACHE_DIR or os.path.join(os.path.dirname(numbanorm.__file__), "cpu",
                                                           "__pycache__")
     how = "NUMBA_CACHE_DIR" if numba.config.CACHE_DIR else "next to the sources, or a user cache if read-only"
-    entries = len(glob.glob(os.path.join(directory, "*.nbi")))
+    entries = len(glob.glob(os.path.join(directory, "**", "*.nbi"), recursive=True))
     return f"{directory} ({entries} kernels cached there; {how})"
 
 
@@ -143,7 +144,7 @@ def _compute_capability(text):
 
 
 def build_parser():
-    from . import _bench, _demo
+    from . import _bench, _demo, _warmup
     parser = argparse.ArgumentParser(prog="numbanorm", description="numbanorm's command: the demo (the default), "
                                      "benchmarks and information about this installation.",
                                      epilog="With no command, or options only, runs the demo.")
@@ -176,6 +177,11 @@ def build_parser():
     report.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (default all)")
     report.add_argument("--workers", type=int, default=None, help="ptxas processes at once (default: CPUs)")
     report.add_argument("--check", action="store_true", help="exit 1 when there is any violation")
+    _warmup.add_arguments(sub.add_parser(
+        "warmup", help="compile the kernels into Numba's on-disk cache ahead of time",
+        description="Run every op forward and backward at a tiny and a small size in each layout and "
+                    "dtype asked for, in several processes, so that later processes load the compiled "
+                    "kernels from the cache instead of compiling them on their first call."))
     return parser
 
 
@@ -196,6 +202,9 @@ def main(argv=None):
         return info(args)
     if args.command == "gpu-report":
         return gpu_report(args)
+    if args.command == "warmup":
+        from ._warmup import run_command
+        return run_command(args)
     from ._demo import run_command
     return run_command(args)
 

@@ -7,13 +7,15 @@ input computes in float32 and is returned as float16. Semantics follow PyTorch.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 from types import SimpleNamespace
 
 import numpy as np
 
 from . import _validate as v
-from ._dispatch import Cache, as_kind, get_impl, resolve_backend
+from ._dispatch import Cache, as_kind, get_backend, get_impl, resolve_backend
 
 __all__ = [
     "batch_norm", "batch_norm_forward", "batch_norm_backward",
@@ -77,10 +79,124 @@ def _backend_for(x, backend, *arrays):
 def _run_forward(op, x, p, backend, *arrays):
     name = _backend_for(x, backend, *arrays)
     impl = get_impl(op, name)
-    fields = vars(p)
-    if "momentum" in fields:  # ops with running statistics
+    recording = _recording.get()
+    if recording is not None:  # a planned call on its full path: keep what it found for the next
+        recording.append((op, name, impl, dict(vars(p))))
+    return _call_backend(op, name, impl, x, p)
+
+
+def _call_backend(op, name, impl, x, p):
+    if "momentum" in vars(p):  # ops with running statistics
         p.factor = _momentum_factor(p.momentum, p.num_batches_tracked, p.update_running)
     return _forward_result(op, name, p, *impl.forward(_in_compute_dtype(x, p.cdtype), p))
+
+
+# ----------------------------------------------------------------------------- the thin path
+#
+# A training loop calls each op with the same shapes, dtypes and options every step.
+# Everything the checks above find depends on those alone (the arrays' shapes, dtypes
+# and writeability, the scalar arguments' types and values, the backend in force), so a
+# forward keeps what its full path found, per call signature, and a later call with the
+# same signature binds its arrays to it and goes straight to the backend. Nothing that
+# depends on array contents is kept: a call whose arguments differ in any way the
+# checks look at has another signature, and takes the full path, errors included.
+
+_recording = contextvars.ContextVar("numbanorm_plan_recording", default=None)
+_MAX_PLANS = 256  # per op; a loop over ever new shapes starts afresh past this
+
+
+class _Unplannable(Exception):
+    """An argument the thin path does not key (device arrays, lists): the call takes the full path."""
+
+
+def _argument_key(a):
+    if type(a) is np.ndarray:
+        return np.ndarray, a.shape, a.dtype, a.flags.writeable
+    if a is None or type(a) in _PLAIN_SCALARS:
+        return type(a), a
+    if type(a) is tuple:
+        return tuple, tuple(map(_argument_key, a))
+    raise _Unplannable
+
+
+_PLAIN_SCALARS = frozenset((bool, int, float, str, np.float16, np.float32, np.float64, np.int32, np.int64))
+
+
+class _Plan:
+    """What a forward's full path found for one call signature, and how to bind a new call's arrays.
+
+    ``arrays`` lists, per field of the validated parameters that holds an array, the
+    argument it came from (a position or a keyword) and whether it was cast to the
+    compute dtype; every other field is a constant of the signature.
+    """
+
+    __slots__ = ("op", "name", "impl", "fields", "arrays", "x_at")
+
+    def __init__(self, op, name, impl, fields, arrays, x_at):
+        self.op, self.name, self.impl, self.fields, self.arrays, self.x_at = op, name, impl, fields, arrays, x_at
+
+    @classmethod
+    def make(cls, recorded, args, kwargs):
+        """A plan from a full call's record, or None when a field's array has no argument to come from."""
+        op, name, impl, fields = recorded
+        given = list(enumerate(args)) + list(kwargs.items())
+        constants, arrays, x_at = {}, [], None
+        for field, value in fields.items():
+            if field == "factor":  # computed per call (it may move num_batches_tracked)
+                continue
+            if not isinstance(value, np.ndarray):
+                constants[field] = value
+                continue
+            # (the keyword of the field's name first: the same array may be passed twice)
+            where = field if kwargs.get(field) is value else next((w for w, a in given if a is value), None)
+            cast = where is None and type(kwargs.get(field)) is np.ndarray and value.dtype == fields["cdtype"]
+            if cast:
+                where = field
+            if where is None:
+                return None
+            arrays.append((field, where, cast))
+            if field == "like":
+                x_at = where
+        return None if x_at is None else cls(op, name, impl, constants, tuple(arrays), x_at)
+
+    def __call__(self, args, kwargs):
+        fields = dict(self.fields)
+        cdtype = fields["cdtype"]
+        for field, where, cast in self.arrays:
+            a = args[where] if type(where) is int else kwargs[where]
+            fields[field] = _in_compute_dtype(a, cdtype) if cast else a
+        x = args[self.x_at] if type(self.x_at) is int else kwargs[self.x_at]
+        return _call_backend(self.op, self.name, self.impl, x, SimpleNamespace(**fields))
+
+
+def _planned(forward):
+    """Decorator of a public ``OP_forward``: calls with a signature seen before take the thin path."""
+    plans = {}
+
+    @functools.wraps(forward)
+    def planned(*args, **kwargs):
+        try:
+            key = (get_backend(), tuple(map(_argument_key, args)),
+                   tuple([(k, _argument_key(a)) for k, a in kwargs.items()]))
+            plan = plans.get(key)
+        except (_Unplannable, TypeError):  # (TypeError: an unhashable scalar)
+            return forward(*args, **kwargs)
+        if plan is not None:
+            return plan(args, kwargs)
+        token = _recording.set([])
+        try:
+            result = forward(*args, **kwargs)
+            recorded = _recording.get()
+        finally:
+            _recording.reset(token)
+        if len(recorded) == 1:
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[key] = _Plan.make(recorded[0], args, kwargs)
+        return result
+
+    planned.plans = plans  # (for tests and benchmarks)
+    return planned
 
 
 def _forward_result(op, name, p, y, mean, rstd, saved):
@@ -182,6 +298,7 @@ def _batch_norm_args(x, running_mean, running_var, weight, bias, training, momen
     return x, p
 
 
+@_planned
 def batch_norm_forward(x, *, running_mean=None, running_var=None, weight=None, bias=None,
                        training=False, momentum=0.1, eps=1e-5, axis=1, num_batches_tracked=None,
                        backend=None):
@@ -283,6 +400,7 @@ def _layer_norm_args(x, weight, bias, axis, eps, op, names):
     return x, p
 
 
+@_planned
 def layer_norm_forward(x, *, weight=None, bias=None, axis=-1, eps=1e-5, backend=None):
     """Layer normalization that also returns the cache for :func:`layer_norm_backward`.
 
@@ -327,6 +445,7 @@ def layer_norm_backward(dy, cache, *, backend=None):
 
 # ----------------------------------------------------------------------------- rms_norm
 
+@_planned
 def rms_norm_forward(x, *, weight=None, axis=-1, eps=None, backend=None):
     """RMS normalization that also returns the cache for :func:`rms_norm_backward`.
 
@@ -367,6 +486,7 @@ def rms_norm_backward(dy, cache, *, backend=None):
 
 # ----------------------------------------------------------------------------- group_norm
 
+@_planned
 def group_norm_forward(x, num_groups, *, weight=None, bias=None, axis=1, eps=1e-5, backend=None):
     """Group normalization that also returns the cache for :func:`group_norm_backward`.
 
@@ -422,6 +542,7 @@ def group_norm_backward(dy, cache, *, backend=None):
 
 # ----------------------------------------------------------------------------- instance_norm
 
+@_planned
 def instance_norm_forward(x, *, weight=None, bias=None, running_mean=None, running_var=None,
                           use_input_stats=True, momentum=0.1, eps=1e-5, axis=1,
                           num_batches_tracked=None, backend=None):
@@ -516,6 +637,7 @@ def _weight_norm_args(direction, magnitude, axis, log_scale, eps):
     return x, p
 
 
+@_planned
 def weight_norm_forward(v, g, *, axis=0, log_scale=False, eps=0.0, backend=None):
     """Weight normalization that also returns the cache for :func:`weight_norm_backward`.
 
@@ -564,6 +686,7 @@ def weight_norm_backward(dw, cache, *, backend=None):
 
 # ----------------------------------------------------------------------------- spectral_norm
 
+@_planned
 def spectral_norm_forward(w, u, *, n_power_iterations=1, eps=1e-12, axis=0, training=True, backend=None):
     """Spectral normalization that also returns the cache for :func:`spectral_norm_backward`.
 
@@ -628,6 +751,7 @@ def spectral_norm_backward(dy, cache, *, backend=None):
 
 # ----------------------------------------------------------------------------- batch_renorm
 
+@_planned
 def batch_renorm_forward(x, *, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                          eps=1e-5, rmax=3.0, dmax=5.0, axis=1, num_batches_tracked=None, backend=None):
     """Batch renormalization that also returns the cache for :func:`batch_renorm_backward`.
@@ -692,6 +816,7 @@ def batch_renorm_backward(dy, cache, *, backend=None):
 
 # ----------------------------------------------------------------------------- local_response_norm
 
+@_planned
 def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0, axis=1, backend=None):
     """Local response normalization that also returns the cache for
     :func:`local_response_norm_backward`. See :func:`local_response_norm`."""

@@ -14,6 +14,7 @@ HELP = {
     ("demo",): ["--backend", "--quick", "--epochs", "--conv-epochs", "--lr", "--limit", "--plot", "--no-bench"],
     ("bench",): ["--backend", "--size", "--dtype", "--ops", "--repeat", "--no-numpy", "--no-torch"],
     ("info",): ["threading layer", "GPU", "cache"],
+    ("warmup",): ["--ops", "--dtype", "--backend", "--jobs"],
 }
 
 
@@ -94,7 +95,7 @@ def test_python_dash_m_numbanorm_help():
     done = subprocess.run([sys.executable, "-m", "numbanorm", "--help"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "{demo,bench,info,gpu-report}" in done.stdout
+    assert "{demo,bench,info,gpu-report,warmup}" in done.stdout
 
 
 def test_bench_cuda_path_runs_in_the_simulator():
@@ -135,3 +136,26 @@ def test_bench_cpu_several_sizes_in_one_table(capsys):
     rows = [line.split()[:4] for line in lines[head + 2:] if line.strip() and not line.startswith("time, ")]
     assert rows == [["layer_norm", "rows", "8x32", "forward"], ["layer_norm", "rows", "8x32", "backward"],
                     ["layer_norm", "rows", "16x64", "forward"], ["layer_norm", "rows", "16x64", "backward"]]
+
+
+FIRST_CALL = """
+import numpy as np, numbanorm
+from numbanorm.cpu import rowwise
+x = np.ones((4, 8), np.float32)
+numbanorm.layer_norm_forward(x, weight=np.ones(8, np.float32), bias=np.zeros(8, np.float32))
+stats = rowwise._forward.serial.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_warmup_fills_the_cache_that_a_new_process_then_loads_from(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "numbanorm", "warmup", "--ops", "layer_norm", "--dtype", "float32",
+                           "--jobs", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "compiled 1 ops (float32) on cpu" in done.stdout
+    assert list(tmp_path.rglob("*.nbi")), "nothing was written to the cache"
+    first = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    hits, misses = map(int, first.stdout.split())
+    assert (hits, misses) == (1, 0), "the first call of a new process compiled its kernel instead of loading it"
