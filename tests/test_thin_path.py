@@ -119,3 +119,31 @@ def test_arguments_the_plans_do_not_key_take_the_full_path():
     y, _ = nbn.layer_norm_forward([[1.0, 2.0, 3.0]], weight=[1.0, 1.0, 1.0])
     assert not _plans("layer_norm")
     np.testing.assert_allclose(y, nbn.layer_norm(np.array([[1.0, 2.0, 3.0]])))
+
+
+@pytest.mark.parametrize("shape, axis", [((32, 16), 1), ((6, 5, 4, 3), 1), ((6, 4, 3, 5), -1)],
+                         ids=["NxC", "NCHW", "NHWC"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_in_one_call_agrees_with_the_item_kernels(shape, axis, training, dtype, monkeypatch):
+    """Small inputs take one compiled call each way (cpu/channelwise.small_forward/backward); the
+    item kernels take the rest. Both give the reference's results, large-mean data included."""
+    from numbanorm.cpu import channelwise
+    from _helpers import assert_close, tol_for
+    rng = rng_for("thin", "small-batch-norm", shape, axis, training)
+    C = shape[axis]
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    stats = (1e3 + rng.standard_normal(C)).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    results = {}
+    for path, below in (("one call", 1 << 30), ("items", 0), ("numpy", None)):
+        monkeypatch.setattr(channelwise, "SMALL_BELOW", below if below is not None else 1 << 30)
+        rm, rv = stats[0].copy(), stats[1].copy()
+        y, cache = nbn.batch_norm_forward(x, weight=w, bias=b, running_mean=rm, running_var=rv, training=training,
+                                          axis=axis, backend="numpy" if below is None else "cpu")
+        results[path] = (y, rm, rv, *nbn.batch_norm_backward(dy, cache))
+    names = ("y", "running_mean", "running_var", "dx", "dweight", "dbias")
+    for path in ("one call", "items"):
+        for name, got, want in zip(names, results[path], results["numpy"]):
+            assert_close(got, want, tol_for(dtype), f"{path} {name}")

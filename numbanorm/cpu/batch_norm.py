@@ -62,7 +62,32 @@ def channel_grads(x4, dy4, mean, rstd, weight, bias, batch_stats, group_size=1):
     return dx4, None if weight is None else dweight, None if bias is None else dbias
 
 
+_NO_STATISTICS = np.zeros(0)  # small_forward's running statistics when there are none to update
+
+
+def _small(x, running):
+    """Whether a call takes the one-call path: few elements, and running statistics Numba can index."""
+    return x.size < channelwise.SMALL_BELOW and all(a is None or a.dtype in _INDEXABLE for a in running)
+
+
+_INDEXABLE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _small_forward(x, p):
+    x3 = channel_view(x, p.axis)
+    C = x3.shape[1]
+    y3 = np.empty_like(x3)
+    mean, rstd = np.empty((1, C)), np.empty((1, C))
+    running = (p.running_mean, p.running_var) if p.update_running else (_NO_STATISTICS, _NO_STATISTICS)
+    given = (_NO_STATISTICS, _NO_STATISTICS) if p.training else (p.running_mean, p.running_var)
+    channelwise.small_forward(x3, y3, param(p.weight, C, 1.0, x3.dtype), param(p.bias, C, 0.0, x3.dtype), p.eps,
+                              p.training, p.update_running, *running, p.factor, *given, mean, rstd)
+    return y3.reshape(x.shape), mean[0], rstd[0], {"x4": x3[None], "mean": mean, "rstd": rstd}
+
+
 def forward(x, p):
+    if _small(x, (p.running_mean, p.running_var)):
+        return _small_forward(x, p)
     x4 = channel_view(x, p.axis)[None]
     if p.training:
         n, mean, var = channelwise.moments(x4)
@@ -77,6 +102,15 @@ def forward(x, p):
 
 def backward(dy, cache):
     p, s = cache.params, cache.saved
+    x4 = s["x4"]
+    if x4.size < channelwise.SMALL_BELOW:
+        x3 = x4[0]
+        C = x3.shape[1]
+        dx3, dweight, dbias = np.empty_like(x3), np.empty(C), np.empty(C)
+        channelwise.small_backward(x3, channel_view(dy, p["axis"]), dx3, s["mean"], s["rstd"],
+                                   param(p["weight"], C, 1.0, np.float64), p["training"], dweight, dbias)
+        return (dx3.reshape(dy.shape), None if p["weight"] is None else dweight,
+                None if p["bias"] is None else dbias)
     dx4, dweight, dbias = channel_grads(s["x4"], channel_view(dy, p["axis"])[None], s["mean"], s["rstd"],
                                         p["weight"], p["bias"], p["training"])
     return dx4.reshape(dy.shape), dweight, dbias

@@ -598,3 +598,116 @@ def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
                         np.ascontiguousarray(rstd), w, group_size, dx4.reshape(shape), sum_dy, sum_dyx,
                         work=x4.size)
     return dx4, sum_dy, sum_dyx
+
+
+# ----------------------------------------------------------------------------- small inputs in one call
+# At the sizes NumPy training runs at (a batch of 32-256 by 64-1024 features), batch
+# norm's four compiled calls and their Python cost more than the work: below
+# SMALL_BELOW elements a training or eval step is one serial compiled call each way,
+# with the same float64 statistics, rounded-mean terms and dx terms as the item kernels.
+
+SMALL_BELOW = 1 << 15
+
+
+@helper
+def small_forward(x3, y3, weight, bias, eps, training, update, running_mean, running_var, factor, given_mean,
+                  given_var, mean, rstd):
+    """Batch norm of the ``(A, C, B)`` array ``x3`` into ``y3`` in one pass for the statistics and one
+    for y; the float64 ``(1, C)`` ``mean`` and ``rstd`` written. ``training``: batch statistics
+    (``running_mean`` and ``running_var`` updated in place when ``update``); else ``given_mean``
+    and ``given_var`` (which may be read-only)."""
+    A, C, B = x3.shape
+    var = np.empty((1, C))
+    if training:
+        shift = np.empty(C)
+        sum_d = np.zeros(C)
+        sum_d2 = np.zeros(C)
+        for c in range(C):
+            shift[c] = np.float64(x3[0, c, 0])
+        if B == 1:  # channels innermost, so the loop over them vectorises
+            x2 = x3.reshape(A, C)
+            for a in range(A):
+                row = x2[a]
+                for c in range(C):
+                    d = np.float64(row[c]) - shift[c]
+                    sum_d[c] += d
+                    sum_d2[c] += d * d
+        else:
+            for a in range(A):
+                for c in range(C):
+                    s1, s2 = shifted_sums(x3[a, c], shift[c])
+                    sum_d[c] += s1
+                    sum_d2[c] += s2
+        n = A * B
+        for c in range(C):
+            mean[0, c], m2 = shifted_moments(n, shift[c], sum_d[c], sum_d2[c])
+            var[0, c] = m2 / n
+        if update:
+            _running_averages(running_mean, running_var, mean[0], var[0], n / (n - 1), factor)
+    else:
+        for c in range(C):
+            mean[0, c] = given_mean[c]
+            var[0, c] = given_var[c]
+    m_hi, scale, shift_out = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
+    _affine_terms_into(mean[0], var[0], eps, weight, bias, rstd[0], m_hi, scale, shift_out)
+    if B == 1:
+        x2, y2 = x3.reshape(A, C), y3.reshape(A, C)
+        for a in range(A):
+            src, dst = x2[a], y2[a]
+            for c in range(C):
+                dst[c] = (src[c] - m_hi[c]) * scale[c] + shift_out[c]
+    else:
+        for a in range(A):
+            for c in range(C):
+                m, s, t = m_hi[c], scale[c], shift_out[c]
+                src, dst = x3[a, c], y3[a, c]
+                for b in range(B):
+                    dst[b] = (src[b] - m) * s + t
+
+
+@helper
+def small_backward(x3, dy3, dx3, mean, rstd, weight, batch_stats, dweight, dbias):
+    """The gradients of :func:`small_forward` in one call: float64 ``sum(dy)`` and ``sum(dy * (x -
+    mean))`` per channel, then ``dx`` from :func:`_dx_terms_into`'s terms; ``dweight`` and ``dbias``
+    (float64, ``(C,)``) written. ``weight`` is a float64 vector."""
+    A, C, B = x3.shape
+    m_hi = np.empty(C, x3.dtype)
+    for c in range(C):
+        m_hi[c] = mean[0, c]
+    sum_dy = np.zeros((1, C))
+    sum_dyx = np.zeros((1, C))
+    if B == 1:  # channels innermost, so the loop over them vectorises
+        x2, g2 = x3.reshape(A, C), dy3.reshape(A, C)
+        s1, s2 = sum_dy[0], sum_dyx[0]
+        for a in range(A):
+            xs, gs = x2[a], g2[a]
+            for c in range(C):
+                g = np.float64(gs[c])
+                s1[c] += g
+                s2[c] += g * np.float64(xs[c] - m_hi[c])
+    else:
+        for a in range(A):
+            for c in range(C):
+                run_dy, run_dyx = dy_sums(x3[a, c], dy3[a, c], m_hi[c])
+                sum_dy[0, c] += run_dy
+                sum_dyx[0, c] += run_dyx
+    for c in range(C):  # sum(dy * (x - mean)) = sum(dy * (x - m_hi)) + (m_hi - mean) * sum(dy)
+        sum_dyx[0, c] += (np.float64(m_hi[c]) - mean[0, c]) * sum_dy[0, c]
+    s, p, q, r = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
+    _dx_terms_into(mean[0], rstd[0], sum_dy[0], sum_dyx[0], A * B, weight, batch_stats, 1, m_hi, s, p, q, r)
+    if B == 1:
+        x2, g2, dx2 = x3.reshape(A, C), dy3.reshape(A, C), dx3.reshape(A, C)
+        for a in range(A):
+            xs, gs, dst = x2[a], g2[a], dx2[a]
+            for c in range(C):
+                dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m_hi[c]) + r[c])
+    else:
+        for a in range(A):
+            for c in range(C):
+                m, sc, pc, qc, rc = m_hi[c], s[c], p[c], q[c], r[c]
+                xs, gs, dst = x3[a, c], dy3[a, c], dx3[a, c]
+                for b in range(B):
+                    dst[b] = sc * (pc * gs[b] + qc * (xs[b] - m) + rc)
+    dweight[:] = 0
+    dbias[:] = 0
+    add_param_grads(sum_dy, sum_dyx, rstd, dweight, dbias)
