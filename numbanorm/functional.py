@@ -109,17 +109,30 @@ class _Unplannable(Exception):
     """An argument the thin path does not key (device arrays, lists): the call takes the full path."""
 
 
-def _argument_key(a):
-    if type(a) is np.ndarray:
-        return np.ndarray, a.shape, a.dtype, a.flags.writeable
-    if a is None or type(a) in _PLAIN_SCALARS:
-        return type(a), a
-    if type(a) is tuple:
-        return tuple, tuple(map(_argument_key, a))
+# The types of the arguments a signature is made of: arrays by shape, dtype and writeability,
+# the rest by value. The types are part of the key (True, 1 and 1.0 are equal, but not to
+# the checks).
+_KEYED = frozenset((np.ndarray, type(None), bool, int, float, str, tuple,
+                    np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_))
+
+
+def _signature(args, kwargs):
+    """The key of a call: the backend in force, the keywords given, every argument's type, and
+    its shape, dtype and writeability (arrays) or value (the rest)."""
+    values = (*args, *kwargs.values())
+    types = tuple(map(type, values))
+    if not _KEYED.issuperset(types):
+        raise _Unplannable
+    parts = tuple([(a.shape, a.dtype, a.flags.writeable) if t is np.ndarray
+                   else a if t is not tuple else _tuple_key(a) for a, t in zip(values, types)])
+    return get_backend(), tuple(kwargs), types, parts
+
+
+def _tuple_key(a):
+    """A tuple argument (axes) by value, when it holds plain ints only."""
+    if all(type(e) is int for e in a):
+        return a
     raise _Unplannable
-
-
-_PLAIN_SCALARS = frozenset((bool, int, float, str, np.float16, np.float32, np.float64, np.int32, np.int64))
 
 
 class _Plan:
@@ -176,8 +189,7 @@ def _planned(forward):
     @functools.wraps(forward)
     def planned(*args, **kwargs):
         try:
-            key = (get_backend(), tuple(map(_argument_key, args)),
-                   tuple([(k, _argument_key(a)) for k, a in kwargs.items()]))
+            key = _signature(args, kwargs)
             plan = plans.get(key)
         except (_Unplannable, TypeError):  # (TypeError: an unhashable scalar)
             return forward(*args, **kwargs)
