@@ -3,7 +3,7 @@
 # within a global time budget (8 minutes by default), it records
 #   1. nvidia-smi and `python -m numbanorm info`,
 #   2. the cuda- and gpu-marked tests on the real GPU (pytest -m "cuda or gpu"),
-#   3. `python -m numbanorm bench --backend cuda` at the large and the training sizes:
+#   3. `python -m numbanorm bench --backend cuda` at the large sizes, a GPU training step's, and tiny (the host time per call):
 #      GB/s over the device-to-device copy bandwidth, and time over PyTorch's CUDA op
 #      when torch with CUDA is importable (timed with CUDA events on both sides),
 #   4. summary.txt: each step's exit status and time, then the bench table,
@@ -19,7 +19,7 @@
 # nothing is installed here. torch and cupy are optional: without them the comparison
 # (and the tests using them) are skipped, and the summary says so.
 # Settings (environment): GPU_CHECK_BUDGET (seconds in all, 480), GPU_CHECK_TEST_TIMEOUT
-# (240), GPU_CHECK_SIZES ("large train"), GPU_CHECK_OPS (all), GPU_CHECK_RESULTS (the folder),
+# (240), GPU_CHECK_SIZES ("large step tiny"), GPU_CHECK_OPS (all), GPU_CHECK_RESULTS (the folder),
 # GPU_CHECK_PYTEST_ARGS (more pytest arguments, split at spaces: test files, -x ...).
 set -uo pipefail
 
@@ -51,7 +51,7 @@ if [ -n "$DRY" ]; then
     PYTEST_ARGS=(tests/test_cuda.py -k "gpu or importing or bad_device")   # a few, quick
 else
     unset NUMBA_ENABLE_CUDASIM    # the real GPU, whatever the caller's environment says
-    SIZES=${GPU_CHECK_SIZES:-large train}
+    SIZES=${GPU_CHECK_SIZES:-large step tiny}
     OPS=${GPU_CHECK_OPS:-}
     BENCH_EXTRA=()
     PYTEST_ARGS=()

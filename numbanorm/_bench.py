@@ -36,7 +36,7 @@ import numpy as np
 
 BACKENDS = ("numpy", "cpu", "cuda")
 SIZES = ("small", "large")                       # the asv suite's shapes
-COMMAND_SIZES = ("tiny", "small", "train", "large")   # python -m numbanorm bench --size
+COMMAND_SIZES = ("tiny", "train", "small", "step", "large")   # python -m numbanorm bench --size
 DTYPES = ("float32", "float64")
 DIRECTIONS = ("forward", "backward")
 
@@ -52,17 +52,21 @@ SETTLE_SECONDS = 0.3
 # is 2**25 elements (128 MiB in float32, 256 MiB in float64: at least 4x a 32 MiB
 # last-level cache, so every pass streams from memory). The command also has
 # "tiny" (a few hundred elements: the per-call cost, and quick enough for the CUDA
-# simulator) and "train", shapes of real training steps: a ResNet-50 first-stage
-# activation at batch 32 (32 x 64 x 56 x 56, 25.7 MB in float32) and 8 sequences of
-# 1024 tokens of a width-4096 transformer (8192 x 4096, 128 MiB).
-IMAGE = {"tiny": (2, 8, 4, 4), "small": (8, 32, 32, 32), "train": (32, 64, 56, 56),
+# simulator), "train", the shapes NumPy training code runs at (TRAIN: batches of 32 to
+# 256 by 64 to 1024 features, small feature maps; several shapes a case), and "step",
+# shapes of a real training step on a GPU: a ResNet-50 first-stage activation at batch
+# 32 (32 x 64 x 56 x 56, 25.7 MB in float32) and 8 sequences of 1024 tokens of a
+# width-4096 transformer (8192 x 4096, 128 MiB).
+IMAGE = {"tiny": (2, 8, 4, 4), "small": (8, 32, 32, 32), "step": (32, 64, 56, 56),
          "large": (32, 256, 64, 64)}                            # logical (N, C, H, W)
-ROWS = {"tiny": (8, 32), "small": (256, 1024), "train": (8192, 4096),
+ROWS = {"tiny": (8, 32), "small": (256, 1024), "step": (8192, 4096),
         "large": (32768, 1024)}                                 # (tokens, features)
 TINY = (32, 64)                                                  # per-call overhead
-GROUPS = {"tiny": 2, "small": 8, "train": 32, "large": 32}
+TRAIN = {"rows": ((32, 64), (64, 256), (128, 512), (256, 1024)),   # (batch, features)
+         "image": ((32, 16, 8, 8), (64, 32, 16, 16))}              # small feature maps
+GROUPS = {"tiny": 2, "small": 8, "step": 32, "large": 32}
 # Sizes out of cache, where one call is long and the comparisons need fewer samples.
-STREAMING_SIZES = ("train", "large")
+STREAMING_SIZES = ("step", "large")
 EPS = 1e-5
 
 
@@ -89,6 +93,16 @@ class Case:
     def label(self, size):
         """``"32x256x64x64"``: the logical shape, used as the asv parameter."""
         return "x".join(map(str, self.logical_shape(size)))
+
+    def sizes(self, size):
+        """The sizes ``size`` stands for in this case: itself, or the shapes of "train"
+        (batch norm in the NCHW layout also takes the (batch, features) shapes)."""
+        if size != "train":
+            return [size]
+        shapes = TRAIN["rows"] if self.layout == "rows" else TRAIN["image"]
+        if self.op == "batch_norm" and self.layout == "NCHW":
+            shapes = TRAIN["rows"] + shapes
+        return ["x".join(map(str, s)) for s in shapes]
 
     def size_of(self, label):
         """The size name ("small", "large") whose label is ``label``, else ``label`` itself."""
@@ -687,9 +701,9 @@ class TorchRun:
             device = "cpu"
             self.sync = _nothing
             self.clock = None
-        # The forward timed on the GPU builds no graph (inference); on the host it builds
-        # the graph the backward needs, as ours keeps a cache.
-        self.no_grad = device == "cuda"
+        # The forward timed builds no graph (no_grad, the output dropped: what a user's call
+        # costs); the backward's graph is built once, by warm().
+        self.no_grad = True
         torch.set_num_threads(numba.get_num_threads())
 
         def tensor(a, grad=False):
@@ -773,6 +787,42 @@ class TorchRun:
 
     def time(self, direction, repeat=10, budget=None):
         return best_time(self.timed(direction), repeat=repeat, budget=budget, clock=self.clock)
+
+
+class HandRun:
+    """The hand-written NumPy of the same op on the same data (:mod:`numbanorm._handwritten`):
+    ``forward()`` keeps what ``backward()`` needs. NotImplementedError for the ops it lacks."""
+
+    def __init__(self, run):
+        from ._handwritten import Handwritten
+        if run.backend == "cuda":
+            raise NotImplementedError("hand-written NumPy runs on the host")
+        x, dy, args, kwargs = run.host
+        kwargs = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+        self.impl, self.x, self.dy = Handwritten(run.case.op, x, args, kwargs), x, dy
+        self.cache = None
+
+    def forward(self):
+        _, self.cache = self.impl.forward(self.x)
+
+    def backward(self):
+        self.impl.backward(self.dy, self.cache)
+
+    def warm(self):
+        self.forward()
+        self.backward()
+        return self
+
+    def time(self, direction, repeat=10):
+        return best_time(self.forward if direction == "forward" else self.backward, repeat=repeat)
+
+
+def _warm_or_none(kind, run):
+    """``kind(run)`` warmed, or None where it has no such op (NotImplementedError)."""
+    try:
+        return kind(run).warm()
+    except NotImplementedError:
+        return None
 
 
 def settle(backend):
@@ -946,54 +996,58 @@ def run_command(args, out=None):
 
     versions = _versions(args.backend, with_torch, args.no_torch)
     itemsize = np.dtype(args.dtype).itemsize
-    sizes = sorted({int(np.prod(c.shape(size))) * itemsize for size in size_names for c in selected})
+    sizes = sorted({int(np.prod(c.shape(label))) * itemsize for size in size_names for c in selected
+                    for label in c.sizes(size)})
     for n in sizes:
         copy_seconds(n, args.backend, repeat=repeat if simulated else COPY_REPEAT)
 
+    with_hand = args.backend != "cuda"
+    jobs = [(size, label, case) for size in size_names for case in selected for label in case.sizes(size)]
     per_case = 1 + 2 * (1 + with_numpy) + with_numpy + with_torch
-    progress = Progress(len(selected) * len(size_names) * per_case)
+    progress = Progress(len(jobs) * per_case)
     measured = []
     try:
-        for size in size_names:
+        for size, label, case in jobs:
             compare_repeat = compare_repeat_of(size)
-            for case in selected:
-                progress.show(f"{case.name}: building data, compiling")
-                run = Run(case, size, args.dtype, args.backend, allow_simulator=True).warm()
-                progress.step(f"{case.name}: ready")
-                ref = tr = None
-                if with_numpy:
-                    ref = Run(case, size, args.dtype, "numpy").warm()
-                    progress.step(f"{case.name}: numpy reference warmed")
-                if with_torch:
-                    try:
-                        tr = TorchRun(run).warm()
-                    except NotImplementedError:
-                        tr = None
-                    progress.step(f"{case.name}: torch warmed")
-                for direction in DIRECTIONS:
-                    # Ours and the copy sampled in turn (the same load for both); torch and numpy
-                    # apart, each followed by a pause on the host: torch's OpenMP threads and numpy's
-                    # OpenBLAS threads spin after each call (OpenBLAS for about 0.1 s) and take the
-                    # cores from Numba's threads (measured: 2x the time of the op that follows).
-                    t_ours, frac = run.against_copy(direction, repeat)
-                    # The comparisons use ours timed alone, as torch and numpy are: between copies
-                    # ours starts each call with cold caches, a handicap at the small size theirs lack.
-                    alone = time_alone(run, direction, compare_repeat) if tr or ref else None
-                    over_torch = None
-                    if tr is not None:
-                        over_torch = time_over_torch(run, tr, direction, compare_repeat, ours=alone)
-                    # The result in the progress line too: a run cut short (a timeout) leaves its log.
-                    progress.step(f"{case.name} {'x'.join(map(str, run.shape))} {direction}: "
-                                  f"{_fmt_time(t_ours)}, {frac:.2f} of copy"
-                                  + ("" if over_torch is None else f", {over_torch:.2f} of torch's time"))
-                    over_numpy = None
-                    if ref is not None:
-                        over_numpy = ref.time(direction, compare_repeat) / alone
-                        time.sleep(SETTLE_SECONDS)
-                        progress.step(f"{case.name} {direction}: numpy")
-                    measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, over_numpy,
-                                     over_torch))
-                del run, ref, tr
+            progress.show(f"{case.name}: building data, compiling")
+            run = Run(case, label, args.dtype, args.backend, allow_simulator=True).warm()
+            progress.step(f"{case.name}: ready")
+            ref = tr = hand = None
+            if with_numpy:
+                ref = Run(case, label, args.dtype, "numpy").warm()
+                progress.step(f"{case.name}: numpy reference warmed")
+            if with_torch:
+                tr = _warm_or_none(TorchRun, run)
+                progress.step(f"{case.name}: torch warmed")
+            if with_hand:
+                hand = _warm_or_none(HandRun, run)
+            for direction in DIRECTIONS:
+                # Ours and the copy sampled in turn (the same load for both); torch and numpy
+                # apart, each followed by a pause on the host: torch's OpenMP threads and numpy's
+                # OpenBLAS threads spin after each call (OpenBLAS for about 0.1 s) and take the
+                # cores from Numba's threads (measured: 2x the time of the op that follows).
+                t_ours, frac = run.against_copy(direction, repeat)
+                # The comparisons use ours timed alone, as torch and numpy are: between copies
+                # ours starts each call with cold caches, a handicap at the small size theirs lack.
+                alone = time_alone(run, direction, compare_repeat) if tr or ref or hand else None
+                over_torch = over_hand = None
+                if tr is not None:
+                    over_torch = time_over_torch(run, tr, direction, compare_repeat, ours=alone)
+                if hand is not None:
+                    over_hand = alone / hand.time(direction, compare_repeat)
+                    time.sleep(SETTLE_SECONDS)
+                # The result in the progress line too: a run cut short (a timeout) leaves its log.
+                progress.step(f"{case.name} {'x'.join(map(str, run.shape))} {direction}: "
+                              f"{_fmt_time(t_ours)}, {frac:.2f} of copy"
+                              + ("" if over_torch is None else f", {over_torch:.2f} of torch's time"))
+                over_numpy = None
+                if ref is not None:
+                    over_numpy = ref.time(direction, compare_repeat) / alone
+                    time.sleep(SETTLE_SECONDS)
+                    progress.step(f"{case.name} {direction}: numpy")
+                measured.append((case, run.shape, run.nbytes, direction, t_ours, frac, over_numpy,
+                                 over_torch, over_hand))
+            del run, ref, tr, hand
     finally:
         progress.close()
 
@@ -1020,18 +1074,18 @@ def run_command(args, out=None):
           "(read x, dy; write dx)", file=out)
 
     rows = []
-    for case, shape, n, direction, t, frac, over_numpy, over_torch in measured:
+    for case, shape, n, direction, t, frac, over_numpy, over_torch, over_hand in measured:
         rows.append((case.op, case.layout, "x".join(map(str, shape)), direction, t,
-                     achieved_bandwidth(n, direction, t), frac, over_numpy, over_torch))
+                     achieved_bandwidth(n, direction, t), frac, over_numpy, over_torch, over_hand))
 
-    head = ("op", "layout", "shape", "direction", "time", "GB/s", "of copy", "vs numpy", "/ torch")
+    head = ("op", "layout", "shape", "direction", "time", "GB/s", "of copy", "vs numpy", "/ torch", "/ hand")
     table = [head]
-    for op, layout, shape, direction, t, gbs, frac, speedup, over in rows:
+    for op, layout, shape, direction, t, gbs, frac, speedup, over, over_hand in rows:
         table.append((op, layout, shape, direction, _fmt_time(t), f"{gbs:.1f}", f"{frac:.2f}",
                       "-" if speedup is None else f"{speedup:.1f}x",
-                      "-" if over is None else f"{over:.2f}"))
+                      "-" if over is None else f"{over:.2f}", "-" if over_hand is None else f"{over_hand:.2f}"))
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    right = {4, 5, 6, 7, 8}
+    right = {4, 5, 6, 7, 8, 9}
     print(file=out)
     for k, r in enumerate(table):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
@@ -1049,7 +1103,9 @@ def run_command(args, out=None):
             clock += "; in the simulator, wall time"
     print(f"\ntime, GB/s: best of {repeat} calls sampled in turn with a copy; of copy: the op's GB/s over "
           f"the copy's GB/s measured just before and after it, the median of {repeat} such pairs; "
-          "vs numpy: speed-up over the numpy backend; / torch: time over PyTorch's (below 1: faster); "
+          "vs numpy: speed-up over the numpy backend; / torch: time over PyTorch's functional op "
+          "(its forward under no_grad, output dropped; its backward torch.autograd.grad of that op; below 1: "
+          "faster); / hand: time over the hand-written NumPy of numbanorm/_handwritten.py; "
           f"both ratios of best times of {compared}, each side timed alone{clock}", file=out)
     return 0
 
