@@ -122,10 +122,20 @@ def _signature(args, kwargs):
     values = (*args, *kwargs.values())
     types = tuple(map(type, values))
     if not _KEYED.issuperset(types):
-        raise _Unplannable
+        return get_backend(), tuple(kwargs), types, tuple(map(_device_key, values, types))
     parts = tuple([(a.shape, a.dtype, a.flags.writeable) if t is np.ndarray
                    else a if t is not tuple else _tuple_key(a) for a, t in zip(values, types)])
     return get_backend(), tuple(kwargs), types, parts
+
+
+def _device_key(a, t):
+    """[cuda] A call with device arrays: Numba's (and the simulator's) by shape and dtype; other
+    kinds (CuPy, torch: the full path makes views of them and checks their read-only flag) not keyed."""
+    if t in _KEYED:
+        return (a.shape, a.dtype, a.flags.writeable) if t is np.ndarray else a if t is not tuple else _tuple_key(a)
+    if getattr(t, "__cuda_ndarray__", False):
+        return a.shape, a.dtype
+    raise _Unplannable
 
 
 def _tuple_key(a):
@@ -157,7 +167,7 @@ class _Plan:
         for field, value in fields.items():
             if field == "factor":  # computed per call (it may move num_batches_tracked)
                 continue
-            if not isinstance(value, np.ndarray):
+            if not (isinstance(value, np.ndarray) or getattr(value, "__cuda_ndarray__", False)):
                 constants[field] = value
                 continue
             # (the keyword of the field's name first: the same array may be passed twice)
