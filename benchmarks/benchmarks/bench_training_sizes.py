@@ -56,16 +56,24 @@ class TrainingSizes:
 
     track_backward_time_over_hand.unit = HAND_UNIT
 
-    def track_forward_time_over_torch(self, case, shape):
-        if self.torch is None:
+
+class TrainingSizesVsTorch:
+    """Time over PyTorch's functional op (skipped without torch: asv's own environments)."""
+
+    params, param_names = TrainingSizes.params, TrainingSizes.param_names
+    timeout = 120.0
+
+    def setup(self, case, shape):
+        if not bench.torch_available():
             raise NotImplementedError("torch is not installed")
+        self.run, _, self.torch = _prepare(case, shape)
+
+    def track_forward_time_over_torch(self, case, shape):
         return bench.time_over_torch(self.run, self.torch, "forward", bench.SMALL_COMPARE_REPEAT)
 
     track_forward_time_over_torch.unit = TORCH_UNIT
 
     def track_backward_time_over_torch(self, case, shape):
-        if self.torch is None:
-            raise NotImplementedError("torch is not installed")
         return bench.time_over_torch(self.run, self.torch, "backward", bench.SMALL_COMPARE_REPEAT)
 
     track_backward_time_over_torch.unit = TORCH_UNIT
