@@ -2,8 +2,10 @@
 
 Each function validates its arguments (see :mod:`numbanorm._validate`) before
 anything is computed or written, picks the backend (see
-:mod:`numbanorm._dispatch`) and calls that backend's implementation. float16
-input computes in float32 and is returned as float16. Semantics follow PyTorch.
+:mod:`numbanorm._dispatch`) and calls that backend's implementation. A forward
+called again with the same signature skips the checks it passed (the thin path,
+below). float16 input computes in float32 and is returned as float16. Semantics
+follow PyTorch.
 """
 from __future__ import annotations
 
