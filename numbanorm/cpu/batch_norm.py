@@ -67,10 +67,7 @@ _NO_STATISTICS = np.zeros(0)  # small_forward's running statistics when there ar
 
 def _small(x, running):
     """Whether a call takes the one-call path: few elements, and running statistics Numba can index."""
-    return x.size < channelwise.SMALL_BELOW and all(a is None or a.dtype in _INDEXABLE for a in running)
-
-
-_INDEXABLE = (np.dtype(np.float32), np.dtype(np.float64))
+    return x.size < channelwise.SMALL_BELOW and all(a is None or a.dtype in channelwise.INDEXABLE for a in running)
 
 
 def _small_forward(x, p):

@@ -231,7 +231,7 @@ def _running_averages(running_mean, running_var, mean, var, unbias, factor):
         running_var[c] = keep * np.float64(running_var[c]) + factor * (var[c] * unbias)
 
 
-_INDEXABLE = (np.dtype(np.float32), np.dtype(np.float64))
+INDEXABLE = (np.dtype(np.float32), np.dtype(np.float64))  # buffer dtypes Numba indexes on the CPU
 
 
 def update_running_stats(running_mean, running_var, mean, var, n, factor):
@@ -241,7 +241,7 @@ def update_running_stats(running_mean, running_var, mean, var, n, factor):
     One compiled call instead of ten NumPy ones; float16 buffers (which Numba cannot
     index on the CPU) take the host's NumPy path.
     """
-    if running_mean.dtype in _INDEXABLE and running_var.dtype in _INDEXABLE:
+    if running_mean.dtype in INDEXABLE and running_var.dtype in INDEXABLE:
         _running_averages(running_mean, running_var, mean, var, n / (n - 1), factor)
     else:
         _host.update_running(running_mean, mean, factor)
@@ -604,7 +604,8 @@ def sample_grads(x4, dy4, mean, rstd, weight, group_size=1):
 # At the sizes NumPy training runs at (a batch of 32-256 by 64-1024 features), batch
 # norm's four compiled calls and their Python cost more than the work: below
 # SMALL_BELOW elements a training or eval step is one serial compiled call each way,
-# with the same float64 statistics, rounded-mean terms and dx terms as the item kernels.
+# with the same float64 statistics, rounded-mean terms and dx terms as the item kernels
+# (channels-last rows through the same lane helpers).
 # Measured on this project's 2-core machines (float32, forward / backward, one call vs
 # the parallel items): 128x256 21/20 vs 41/47 us, 256x512 54/59 vs 72/94 us, 256x1024
 # 137/168 vs 131/169 us, 64x32x16x16 159/196 vs 134/182 us: even up to 2**18.
@@ -626,14 +627,8 @@ def small_forward(x3, y3, weight, bias, eps, training, update, running_mean, run
         sum_d2 = np.zeros(C)
         for c in range(C):
             shift[c] = np.float64(x3[0, c, 0])
-        if B == 1:  # channels innermost, so the loop over them vectorises
-            x2 = x3.reshape(A, C)
-            for a in range(A):
-                row = x2[a]
-                for c in range(C):
-                    d = np.float64(row[c]) - shift[c]
-                    sum_d[c] += d
-                    sum_d2[c] += d * d
+        if B == 1:
+            _lanes_moments(x3.reshape(A, C), shift, sum_d, sum_d2)
         else:
             for a in range(A):
                 for c in range(C):
@@ -653,11 +648,7 @@ def small_forward(x3, y3, weight, bias, eps, training, update, running_mean, run
     m_hi, scale, shift_out = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
     _affine_terms_into(mean[0], var[0], eps, weight, bias, rstd[0], m_hi, scale, shift_out)
     if B == 1:
-        x2, y2 = x3.reshape(A, C), y3.reshape(A, C)
-        for a in range(A):
-            src, dst = x2[a], y2[a]
-            for c in range(C):
-                dst[c] = (src[c] - m_hi[c]) * scale[c] + shift_out[c]
+        _lanes_apply(x3.reshape(A, C), y3.reshape(A, C), m_hi, scale, shift_out, False)
     else:
         for a in range(A):
             for c in range(C):
@@ -678,15 +669,8 @@ def small_backward(x3, dy3, dx3, mean, rstd, weight, batch_stats, dweight, dbias
         m_hi[c] = mean[0, c]
     sum_dy = np.zeros((1, C))
     sum_dyx = np.zeros((1, C))
-    if B == 1:  # channels innermost, so the loop over them vectorises
-        x2, g2 = x3.reshape(A, C), dy3.reshape(A, C)
-        s1, s2 = sum_dy[0], sum_dyx[0]
-        for a in range(A):
-            xs, gs = x2[a], g2[a]
-            for c in range(C):
-                g = np.float64(gs[c])
-                s1[c] += g
-                s2[c] += g * np.float64(xs[c] - m_hi[c])
+    if B == 1:
+        _lanes_grad_sums(x3.reshape(A, C), dy3.reshape(A, C), m_hi, sum_dy[0], sum_dyx[0])
     else:
         for a in range(A):
             for c in range(C):
@@ -698,11 +682,7 @@ def small_backward(x3, dy3, dx3, mean, rstd, weight, batch_stats, dweight, dbias
     s, p, q, r = np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype), np.empty(C, x3.dtype)
     _dx_terms_into(mean[0], rstd[0], sum_dy[0], sum_dyx[0], A * B, weight, batch_stats, 1, m_hi, s, p, q, r)
     if B == 1:
-        x2, g2, dx2 = x3.reshape(A, C), dy3.reshape(A, C), dx3.reshape(A, C)
-        for a in range(A):
-            xs, gs, dst = x2[a], g2[a], dx2[a]
-            for c in range(C):
-                dst[c] = s[c] * (p[c] * gs[c] + q[c] * (xs[c] - m_hi[c]) + r[c])
+        _lanes_dx(x3.reshape(A, C), dy3.reshape(A, C), dx3.reshape(A, C), m_hi, s, p, q, r)
     else:
         for a in range(A):
             for c in range(C):
