@@ -111,11 +111,11 @@ class _Unplannable(Exception):
     """An argument the thin path does not key (device arrays, lists): the call takes the full path."""
 
 
-# The types of the arguments a signature is made of: arrays by shape, dtype and writeability,
-# the rest by value. The types are part of the key (True, 1 and 1.0 are equal, but not to
-# the checks).
-_KEYED = frozenset((np.ndarray, type(None), bool, int, float, str, tuple,
-                    np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_))
+# The types of the arguments a signature keys by value (arrays: by shape, dtype and
+# writeability; tuples and device arrays: see _other_key). The types are part of the key
+# (True, 1 and 1.0 are equal, but not to the checks).
+_BY_VALUE = frozenset((type(None), bool, int, float, str, np.float16, np.float32, np.float64, np.int32, np.int64,
+                       np.bool_))
 
 
 def _signature(args, kwargs):
@@ -123,18 +123,17 @@ def _signature(args, kwargs):
     its shape, dtype and writeability (arrays) or value (the rest)."""
     values = (*args, *kwargs.values())
     types = tuple(map(type, values))
-    if not _KEYED.issuperset(types):
-        return get_backend(), tuple(kwargs), types, tuple(map(_device_key, values, types))
-    parts = tuple([(a.shape, a.dtype, a.flags.writeable) if t is np.ndarray
-                   else a if t is not tuple else _tuple_key(a) for a, t in zip(values, types)])
+    parts = tuple([(a.shape, a.dtype, a.flags.writeable) if t is np.ndarray else a if t in _BY_VALUE
+                   else _other_key(a, t) for a, t in zip(values, types)])
     return get_backend(), tuple(kwargs), types, parts
 
 
-def _device_key(a, t):
-    """[cuda] A call with device arrays: Numba's (and the simulator's) by shape and dtype; other
-    kinds (CuPy, torch: the full path makes views of them and checks their read-only flag) not keyed."""
-    if t in _KEYED:
-        return (a.shape, a.dtype, a.flags.writeable) if t is np.ndarray else a if t is not tuple else _tuple_key(a)
+def _other_key(a, t):
+    """Tuples (axes) by value when they hold plain ints; [cuda] Numba's (and the simulator's)
+    device arrays by shape and dtype. Anything else (lists, CuPy arrays and torch tensors, which
+    the full path makes views of and checks the read-only flag of) is not keyed."""
+    if t is tuple:
+        return _tuple_key(a)
     if getattr(t, "__cuda_ndarray__", False):
         return a.shape, a.dtype
     raise _Unplannable
@@ -155,17 +154,17 @@ class _Plan:
     compute dtype; every other field is a constant of the signature.
     """
 
-    __slots__ = ("op", "name", "impl", "fields", "arrays", "x_at")
+    __slots__ = ("op", "name", "impl", "fields", "arrays")
 
-    def __init__(self, op, name, impl, fields, arrays, x_at):
-        self.op, self.name, self.impl, self.fields, self.arrays, self.x_at = op, name, impl, fields, arrays, x_at
+    def __init__(self, op, name, impl, fields, arrays):
+        self.op, self.name, self.impl, self.fields, self.arrays = op, name, impl, fields, arrays
 
     @classmethod
     def make(cls, recorded, args, kwargs):
         """A plan from a full call's record, or None when a field's array has no argument to come from."""
         op, name, impl, fields = recorded
         given = list(enumerate(args)) + list(kwargs.items())
-        constants, arrays, x_at = {}, [], None
+        constants, arrays = {}, []
         for field, value in fields.items():
             if field == "factor":  # computed per call (it may move num_batches_tracked)
                 continue
@@ -180,9 +179,9 @@ class _Plan:
             if where is None:
                 return None
             arrays.append((field, where, cast))
-            if field == "like":
-                x_at = where
-        return None if x_at is None else cls(op, name, impl, constants, tuple(arrays), x_at)
+        if not any(field == "like" for field, _, _ in arrays):  # x itself: the call's input
+            return None
+        return cls(op, name, impl, constants, tuple(arrays))
 
     def __call__(self, args, kwargs):
         fields = dict(self.fields)
@@ -190,8 +189,7 @@ class _Plan:
         for field, where, cast in self.arrays:
             a = args[where] if type(where) is int else kwargs[where]
             fields[field] = _in_compute_dtype(a, cdtype) if cast else a
-        x = args[self.x_at] if type(self.x_at) is int else kwargs[self.x_at]
-        return _call_backend(self.op, self.name, self.impl, x, SimpleNamespace(**fields))
+        return _call_backend(self.op, self.name, self.impl, fields["like"], SimpleNamespace(**fields))
 
 
 def _planned(forward):
