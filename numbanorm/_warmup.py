@@ -40,27 +40,6 @@ def add_arguments(parser):
                         help="worker processes (default: the CPU count; 1 compiles in this process)")
 
 
-def _progress(total):
-    """A tqdm progress bar on stderr, or a line per op where tqdm is not installed."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        class Lines:
-            done = 0
-
-            def update(self, n=1):
-                self.done += n
-                print(f"warmup: {self.done}/{total}", file=sys.stderr)
-
-            def set_postfix_str(self, text):
-                print(f"warmup: {text}", file=sys.stderr)
-
-            def close(self):
-                pass
-        return Lines()
-    return tqdm(total=total, unit="op", desc="compiling")
-
-
 def run_command(args, out=None):
     """Compile the kernels of ``args.ops`` for ``args.dtype``; returns the exit status."""
     from . import _bench
@@ -73,7 +52,8 @@ def run_command(args, out=None):
         return 2
     jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(ops)))
     start = time.perf_counter()
-    bar = _progress(len(ops))
+    from tqdm import tqdm  # (here, not at import: every command's parser imports this module)
+    bar = tqdm(total=len(ops), unit="op", desc="compiling")
     try:
         if jobs == 1:
             for op in ops:
