@@ -672,14 +672,13 @@ def torch_available():
 class TorchRun:
     """PyTorch's same op on the same data; ``backward()`` times only the backward.
 
-    The graph is built by ``forward()`` and reused (``retain_graph=True``) by
-    ``backward()``, which calls ``torch.autograd.grad``. Raises
+    The timed forward runs under ``torch.no_grad()`` with its output dropped (what a
+    user's call costs); ``backward()`` calls ``torch.autograd.grad`` on a graph built
+    once, by :meth:`warm`, and reused (``retain_graph=True``). Raises
     NotImplementedError when torch (or, for cuda, a CUDA build) is missing.
 
-    For cuda the tensors are made on the device once, the samples are timed with
-    ``torch.cuda.Event`` (:class:`CudaEvents`), the timed forward runs under
-    ``torch.no_grad()`` with its output dropped, and the backward's graph is
-    built once, by :meth:`warm`.
+    For cuda the tensors are made on the device once and the samples are timed with
+    ``torch.cuda.Event`` (:class:`CudaEvents`).
     """
 
     def __init__(self, run):
@@ -702,9 +701,6 @@ class TorchRun:
             device = "cpu"
             self.sync = _nothing
             self.clock = None
-        # The forward timed builds no graph (no_grad, the output dropped: what a user's call
-        # costs); the backward's graph is built once, by warm().
-        self.no_grad = True
         torch.set_num_threads(numba.get_num_threads())
 
         def tensor(a, grad=False):
@@ -756,15 +752,12 @@ class TorchRun:
         self.y = None
 
     def _forward_call(self):
-        if self.no_grad:
-            with self.torch.no_grad():
-                self.fn()
-        else:
-            self.y = self.fn()
+        with self.torch.no_grad():
+            self.fn()
 
     def _backward_call(self):
         if self.y is None:
-            self.y = self.fn()     # the graph, built once when the timed forward keeps none
+            self.y = self.fn()     # the graph, built once (the timed forward keeps none)
         self.torch.autograd.grad(self.y, self.inputs, self.dy, retain_graph=True)
 
     def forward(self):

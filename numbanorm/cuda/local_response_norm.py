@@ -3,8 +3,9 @@
 The math is the reference's (numbanorm/reference/local_response_norm.py): one
 thread per element, each summing its window of channels (neighbouring threads
 on neighbouring ``b``, so the reads coalesce); ``base`` is kept for the
-backward. Three launches in all: the forward, then ``t`` and ``dx``. The kernels compute in the dtype of ``base`` (float32 for float16
-data), whatever ``x``'s and ``dy``'s.
+backward. Three launches in all: the forward, then ``t`` and ``dx``. The kernels
+compute in the dtype of ``base`` (float32 for float16 data), whatever ``x``'s and
+``dy``'s.
 """
 import math
 
