@@ -41,6 +41,7 @@ import numpy as np
 from numba import cuda
 
 from .. import _host, _pool
+from .._validate import compute_dtype as _compute_dtype_of
 from ._launch import SIM, flat_config, kernel
 
 # Host parameters up to this size are kept on the device and re-checked each call.
@@ -50,6 +51,12 @@ PARAM_ENTRIES = 64
 
 
 # ----------------------------------------------------------------------------- device arrays
+
+def compute_dtype(a, dtype=None):
+    """The dtype the kernels compute in for data ``a``: ``dtype`` when given, else ``a``'s
+    (float32 for float16, which the kernels read as it is)."""
+    return np.dtype(dtype) if dtype is not None else _compute_dtype_of(a.dtype)
+
 
 def is_host(a):
     return isinstance(a, np.ndarray)

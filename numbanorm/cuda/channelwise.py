@@ -57,21 +57,16 @@ import numpy as np
 from numba import cuda
 
 from .. import _host
-from ._arrays import empty, full, is_host, to_device, transposed, vector
+from ._arrays import compute_dtype, empty, full, is_host, to_device, transposed, vector
 from ._launch import (ROW_WARP, cdiv, channel_chunk_config, channel_merge_config, channel_piece_length,
                       flat_config, grid_config, kernel, row_config)
 from ._reduce import column_sums, scratch_bytes, sum_lanes
 from .rowwise import moments as row_moments
 
+
 def _fused(A, C):
     """Channels-last: how many rows of ``x2`` (A, C) a fused row holds."""
     return max(1, min(ROW_WARP // max(C, 1), A))
-
-
-def _compute_dtype(x, dtype=None):
-    if dtype is not None:
-        return np.dtype(dtype)
-    return np.dtype(np.float32) if x.dtype == np.float16 else np.dtype(x.dtype)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -247,7 +242,7 @@ def moments(x3, eps, dtype=None):
         ``std`` is the square root of the biased variance (its square may overflow).
     """
     A, C, B = x3.shape
-    dtype = _compute_dtype(x3, dtype)
+    dtype = compute_dtype(x3, dtype)
     if C == 0 or A * B == 0:  # statistics of nothing
         return full(C, np.nan, dtype), full(C, np.nan, dtype), full(C, np.nan, dtype)
     if B > 1:

@@ -46,7 +46,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._arrays import empty, full, is_host, vector
+from ._arrays import compute_dtype, empty, full, is_host, vector
 from ._launch import ROW_CACHE_BYTES, cdiv, kernel, partial_rows_limit, register_row_config, row_config
 from ._reduce import column_sums, scratch_bytes, scratch_slots, sum_lanes
 
@@ -489,7 +489,7 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
         ``std`` is the square root of the biased variance (its square may overflow).
     """
     R, L = x2.shape
-    dtype = _compute_dtype(x2, dtype)
+    dtype = compute_dtype(x2, dtype)
     if L == 0:  # statistics of nothing
         return empty((R, 0), out_dtype), full(R, np.nan, dtype), full(R, np.nan, dtype), full(R, np.nan, dtype)
     w = vector(weight, period * nseg, 1.0, _param_dtype(weight, dtype))
@@ -521,7 +521,7 @@ def moments(x2, length, dtype=None):
     in the compute ``dtype`` (default ``x2``'s, float32 for float16).
     """
     R, L = x2.shape
-    dtype = _compute_dtype(x2, dtype)
+    dtype = compute_dtype(x2, dtype)
     pieces = cdiv(L, length)
     mean, rss = empty((R, pieces), dtype), empty((R, pieces), dtype)
     if R:
@@ -587,9 +587,3 @@ def _param_dtype(a, dtype):
     """The dtype the kernels read an affine parameter in: float16 device parameters as they are
     (no cast launch), else the compute dtype."""
     return a.dtype if a is not None and a.dtype == np.float16 and not is_host(a) else dtype
-
-
-def _compute_dtype(x2, dtype):
-    if dtype is not None:
-        return np.dtype(dtype)
-    return np.dtype(np.float32) if x2.dtype == np.float16 else x2.dtype
