@@ -307,6 +307,48 @@ def test_rows_kept_in_shared_memory_or_not_give_the_reference(op, shape, kw, kep
         assert_close(got, want, tol_for(np.float64), name)
 
 
+@pytest.mark.parametrize("op, shape, forward_path, backward_path", [
+    ("layer_norm", (3, 8), "exact", "registers exact"),       # rows past the end in a block
+    ("layer_norm", (3, 12), "checked", "registers checked"),  # rows shorter than the lanes' slots
+    ("layer_norm", (5, 32), "exact", "dy shared exact"),
+    ("rms_norm", (5, 32), "exact", "dy shared exact"),
+    ("layer_norm", (5, 24), "checked", "long"),               # dy in shared memory only for exact rows
+    ("instance_norm", (2, 5, 4, 8), "exact", "dy shared exact"),
+])
+def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, forward_path, backward_path):
+    """The register row kernels are compiled for their lanes and for rows that fill them exactly
+    (no bounds checks; rows past the end of the array compute on the last row and write
+    nothing), or not; the backward keeps dy in registers or in shared memory, or takes the
+    long-row kernel. Each variant agrees with the numpy reference in float32."""
+    from numbanorm.cuda import rowwise
+    taken = []
+
+    def spy(factory, describe):
+        def made(*args):
+            taken.append(describe(*args))
+            return factory(*args)
+        monkeypatch.setattr(rowwise, factory.__name__, made)
+
+    spy(rowwise._forward_kernel, lambda per, lanes, exact, weights: "exact" if exact else "checked")
+    spy(rowwise._backward_kernel, lambda per, lanes, exact, per_element, dy_shared:
+        ("dy shared " if dy_shared else "registers ") + ("exact" if exact else "checked"))
+    spy(rowwise._backward_long_kernel, lambda per_element: "long")
+    rng = rng_for("row-variants", op, shape)
+    x = (3 + rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    channels = shape[1] if op == "instance_norm" else shape[-1]
+    kw = dict(weight=rng.standard_normal(channels).astype(np.float32))
+    if op != "rms_norm":
+        kw["bias"] = rng.standard_normal(channels).astype(np.float32)
+    y_ref, cache_ref = forward(op, x, "numpy", **kw)
+    y, cache = forward(op, x, "cuda", **kw)
+    grads = backward(op, dy, cache)
+    assert taken == [forward_path, backward_path]
+    assert_close(y, y_ref, tol_for(np.float32), "y")
+    for name, got, want in zip(GRAD_NAMES[op], grads, backward(op, dy, cache_ref)):
+        assert_close(got, want, tol_for(np.float32), name)
+
+
 # ----------------------------------------------------------------------------- real GPU only
 
 Big = namedtuple("Big", "op shape kw affine running")

@@ -54,12 +54,14 @@ ELEMENTS_PER_LANE = 8     # a block per row gets about this many elements per la
 # per kernel, the most that compiles without spilling at 64 registers a thread
 # (ptxas -v for sm_70-sm_90, float16/32/64; tests/test_gpu_static.py checks it):
 # 16 float32 values of x in the forward (rows of up to 16384 read once), 8 with a
-# weight per segment, 4 of x and 4 of dy in the backward (rows of up to 4096).
+# weight per segment, 4 of x and 4 of dy in the backward (rows of up to 4096), 8 of
+# x in the backward that keeps dy in shared memory (rows of up to 8192: 32 KiB of dy;
+# float32 only: float64's 4 values spill on sm_70). A dict: bytes by itemsize.
 # Small in the simulator, so its tests take the long-row kernels too.
 if SIM:
-    ROW_REGISTER_BYTES = {"forward": 8, "forward_segments": 8, "backward": 4}
+    ROW_REGISTER_BYTES = {"forward": 8, "forward_segments": 8, "backward": 4, "backward_dy_shared": {4: 8}}
 else:
-    ROW_REGISTER_BYTES = {"forward": 64, "forward_segments": 32, "backward": 16}
+    ROW_REGISTER_BYTES = {"forward": 64, "forward_segments": 32, "backward": 16, "backward_dy_shared": {4: 32}}
 # Partial rows of a two-stage reduction (dweight, dbias, channel sums): a fixed
 # number for a shape, so the order of the additions, and so the bits, never
 # depend on the GPU. 256 fills 132 SMs about twice and keeps LN's partials at
@@ -134,7 +136,8 @@ def register_row_config(R, L, kind, itemsize, max_blocks=None):
     About ELEMENTS_PER_LANE values a lane (more for the longest rows); a warp per
     row for rows of up to ``8 * WARP``, several rows per block of BLOCK threads.
     """
-    per_max = ROW_REGISTER_BYTES[kind] // itemsize
+    limit = ROW_REGISTER_BYTES[kind]
+    per_max = (limit.get(itemsize, 0) if isinstance(limit, dict) else limit) // itemsize
     if per_max == 0:
         return None
     lanes = min(MAX_LANES, max(ROW_WARP, pow2_at_least(cdiv(L, min(ELEMENTS_PER_LANE, per_max)))))

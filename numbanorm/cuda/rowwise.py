@@ -23,13 +23,18 @@ The row kernels (:func:`_forward_kernel`, :func:`_backward_kernel`) keep each
 lane's values of the row in registers, lane ``l`` holding elements ``l, l +
 lanes, ...`` (coalesced), so global memory is read once: rows of up to 16384
 float32 values in the forward (8192 for group norm), x and dy of rows of up to
-4096 in the backward of layer, RMS and instance norm
-(:func:`._launch.register_row_config`; more spills at the 64 registers a thread
-has). Longer rows, and group norm's backward, take the long-row kernels, which
-keep the row in shared memory when it fits (12288 float32 values in the
-forward, 6144 of x and dy in the backward) and re-read it otherwise. Indices
-are unsigned and strided loops are while loops: numba's signed indices and
-``range`` trip counts cost registers and a 64-bit division.
+4096 in the backward of layer, RMS and instance norm, and float32 rows of up to
+8192 that fill the lanes exactly with dy kept in shared memory instead
+(:func:`._launch.register_row_config`; more spills at the 64 registers a
+thread has). They are compiled for their number of lanes, so a lane's values
+lie at constant offsets, and for rows that fill the lanes exactly or not: exact
+rows are read without bounds checks, whose predicated loads cost registers and
+instructions (``python -m numbanorm gpu-report``). Longer rows, and group
+norm's backward, take the long-row kernels, which keep the row in shared memory
+when it fits (12288 float32 values in the forward, 6144 of x and dy in the
+backward) and re-read it otherwise. Indices are unsigned and strided loops are
+while loops: numba's signed indices and ``range`` trip counts cost registers
+and a 64-bit division.
 
 The backward is fused per row: the row sums of ``g = dy * w`` and ``g * xhat``
 (one lane reduction), then ``dx``. dweight and dbias take two stages. With a
@@ -64,9 +69,11 @@ def weights_of(period, nseg, L):
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_kernel(per, weights):
-    """The forward for rows whose lanes keep ``per`` values each in registers, with
-    affine entries per ``weights`` (ELEMENT, ROW or SEGMENT: fixed at compile time)."""
+def _forward_kernel(per, lanes, exact, weights):
+    """The forward for rows whose ``lanes`` lanes keep ``per`` values each in registers, with
+    affine entries per ``weights`` (ELEMENT, ROW or SEGMENT). All fixed at compile time, so
+    a lane's values lie at constant offsets; ``exact``: rows of exactly ``per * lanes``
+    values, read without bounds checks (predicated loads cost registers and instructions)."""
 
     @kernel
     def forward_rows(x, y, w, b, period, nseg, inv_len, sqrt_eps, center, mean_out, rstd_out, std_out):
@@ -77,20 +84,20 @@ def _forward_kernel(per, weights):
         R, L = x.shape
         length = U(L)
         seg = U(L // nseg)
-        q_step, rem_step = U(cuda.blockDim.x) // seg, U(cuda.blockDim.x) % seg
-        lane, lanes, rows = U(cuda.threadIdx.x), U(cuda.blockDim.x), cuda.blockDim.y
+        q_step, rem_step = U(lanes) // seg, U(lanes) % seg
+        lane, rows = U(cuda.threadIdx.x), cuda.blockDim.y
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
-            valid = r < R
-            row = x[r] if valid else x[0]
-            out = y[r] if valid else y[0]
-            pivot = T(row[0]) if valid and center else T(0)
+            valid = r < R  # rows past the end compute on the last row and write nothing
+            row = x[r if valid else R - 1]
+            out = y[r if valid else R - 1]
+            pivot = T(row[0]) if center else T(0)
             total = T(0)
             size = T(0)
             for i in range(per):
-                j = lane + U(i) * lanes
-                v = T(row[j]) if valid and j < length else pivot  # past the end: adds nothing
+                j = lane + U(i * lanes)
+                v = T(row[j]) if exact or j < length else pivot  # past the end: adds nothing
                 values[i] = v
                 total += v - pivot
                 size += abs(v - pivot)
@@ -100,7 +107,7 @@ def _forward_kernel(per, weights):
             inv_scale = T(1) / scale if scale > 0 else T(0)
             squares = T(0)
             for i in range(per):
-                d = (values[i] - mean) * inv_scale if lane + U(i) * lanes < length else T(0)
+                d = (values[i] - mean) * inv_scale if exact or lane + U(i * lanes) < length else T(0)
                 squares += d * d
             squares, _ = sum_lanes(squares, T(0), scratch)
             if valid:  # (rows past the end would divide by zero when eps is 0)
@@ -113,8 +120,8 @@ def _forward_kernel(per, weights):
                 # without a division per element: q += lanes // seg, plus one when the remainder wraps.
                 q, rem = lane // seg, lane % seg
                 for i in range(per):
-                    j = lane + U(i) * lanes
-                    if j < length:
+                    j = lane + U(i * lanes)
+                    if exact or j < length:
                         if weights == ELEMENT:
                             k = j
                         elif weights == ROW:
@@ -130,56 +137,64 @@ def _forward_kernel(per, weights):
                             q += U(1)
             first += cuda.gridDim.x * rows
 
-    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per, weights))
+    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per, lanes, exact, weights))
     return forward_rows
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_kernel(per, per_element):
-    """The backward for rows whose lanes keep ``per`` values of x and of dy each in registers.
+def _backward_kernel(per, lanes, exact, per_element, dy_shared):
+    """The backward for rows whose ``lanes`` lanes keep ``per`` values of x and of dy each in
+    registers (``per``, ``lanes`` and ``exact`` as for :func:`_forward_kernel`).
 
     ``per_element``: a weight per element (``period == 1, nseg == L``), whose
     dweight/dbias sums each lane keeps in registers over its rows; else a weight
     per row (``nseg == 1``), whose sums are written per row.
+    ``dy_shared``: dy's values are kept in the dynamic shared memory after the
+    reduction scratch instead (``per * lanes`` values a row of the block), which
+    leaves the registers to x and the dweight/dbias sums: rows twice as long.
     """
 
     @kernel
     def backward_rows(x, dy, dx, w, period, mean, rstd, inv_len, center, dw_part, db_part):
         T = mean.dtype.type
-        shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then the block's dw, db rows
-        xs = cuda.local.array(per, mean.dtype)
-        dys = cuda.local.array(per, mean.dtype)
+        shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then dy's or the block's dw, db rows
+        xhats = cuda.local.array(per, mean.dtype)
+        gs = cuda.local.array(1 if dy_shared else per, mean.dtype)  # dy * w (per element), else dy
         dws = cuda.local.array(per, mean.dtype)   # sum(dy * xhat) of this lane's columns
         dbs = cuda.local.array(per, mean.dtype)   # sum(dy)
         U = np.uint64  # unsigned indices: no code for negative ones
         R, L = x.shape
         length = U(L)
-        lane, lanes, rows = U(cuda.threadIdx.x), U(cuda.blockDim.x), cuda.blockDim.y
+        lane, rows = U(cuda.threadIdx.x), cuda.blockDim.y
+        g_at = U(scratch_slots()) + U(cuda.threadIdx.y * per * lanes)  # this row's g, with dy_shared
         for i in range(per):
             dws[i] = T(0)
             dbs[i] = T(0)
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
-            valid = r < R
-            x_row, dy_row, dx_row = (x[r], dy[r], dx[r]) if valid else (x[0], dy[0], dx[0])
-            m = mean[r] if valid else T(0)
-            rs = rstd[r] if valid else T(0)
-            w_row = T(0) if per_element or not valid else T(w[r % period])
+            valid = r < R  # rows past the end compute on the last row and write nothing
+            rr = r if valid else R - 1
+            x_row, dy_row, dx_row = x[rr], dy[rr], dx[rr]
+            m, rs = mean[rr], rstd[rr]
+            w_row = T(0) if per_element else T(w[rr % period])
             s1 = T(0)  # per element: sum(g), sum(g * xhat); per row: sum(dy), sum(dy * xhat)
             s2 = T(0)
             for i in range(per):
-                j = lane + U(i) * lanes
-                inside = valid and j < length
-                v = T(x_row[j]) if inside else m  # past the end: xhat = 0, dy = 0
-                d = T(dy_row[j]) if inside else T(0)
-                xs[i] = v
-                dys[i] = d
-                xhat = (v - m) * rs
+                j = lane + U(i * lanes)
+                inside = exact or j < length
+                d = T(dy_row[j]) if inside else T(0)  # past the end: xhat = 0, dy = 0
+                xhat = (T(x_row[j]) - m) * rs if inside else T(0)
+                xhats[i] = xhat
                 if per_element:
-                    dws[i] += d * xhat
-                    dbs[i] += d
-                    d *= T(w[j]) if inside else T(0)
+                    if valid:
+                        dws[i] += d * xhat
+                        dbs[i] += d
+                    d *= T(w[j]) if inside else T(0)  # g; per row, w multiplies the sums below
+                if dy_shared:  # each lane reads back only what it stored: no barrier needed
+                    shared[g_at + j] = d
+                else:
+                    gs[i] = d
                 s1 += d
                 s2 += d * xhat
             s1, s2 = sum_lanes(s1, s2, shared)
@@ -192,17 +207,19 @@ def _backward_kernel(per, per_element):
             mean_gx = s2 * inv_len
             if valid:
                 for i in range(per):
-                    j = lane + U(i) * lanes
-                    if j < length:
-                        g = dys[i] * (T(w[j]) if per_element else w_row)
-                        dx_row[j] = rs * (g - mean_g - (xs[i] - m) * rs * mean_gx)
+                    j = lane + U(i * lanes)
+                    if exact or j < length:
+                        g = shared[g_at + j] if dy_shared else gs[i]
+                        if not per_element:
+                            g *= w_row
+                        dx_row[j] = rs * (g - mean_g - xhats[i] * mean_gx)
             first += cuda.gridDim.x * rows
         if per_element:  # the block's row groups add their columns' sums in order, into one partial row
             p = cuda.blockIdx.x
             if rows == 1:
                 for i in range(per):
-                    j = lane + U(i) * lanes
-                    if j < length:
+                    j = lane + U(i * lanes)
+                    if exact or j < length:
                         dw_part[p, j], db_part[p, j] = dws[i], dbs[i]
                 return
             start = scratch_slots()
@@ -210,19 +227,19 @@ def _backward_kernel(per, per_element):
                 cuda.syncthreads()
                 if cuda.threadIdx.y == group:
                     for i in range(per):
-                        j = lane + U(i) * lanes
-                        if j < length:
+                        j = lane + U(i * lanes)
+                        if exact or j < length:
                             before_w = shared[start + j] if group > 0 else T(0)
                             before_b = shared[start + length + j] if group > 0 else T(0)
                             shared[start + j] = before_w + dws[i]
                             shared[start + length + j] = before_b + dbs[i]
             cuda.syncthreads()
-            j = U(cuda.threadIdx.y) * lanes + lane
+            j = U(cuda.threadIdx.y * lanes) + lane
             while j < length:
                 dw_part[p, j], db_part[p, j] = shared[start + j], shared[start + length + j]
-                j += lanes * U(rows)
+                j += U(lanes * rows)
 
-    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, per_element))
+    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, lanes, exact, per_element, dy_shared))
     return backward_rows
 
 
@@ -446,11 +463,11 @@ def _backward_long_kernel(per_element):
 
 
 @functools.lru_cache(maxsize=256)
-def cache_length(block, L, arrays, dtype):
+def cache_length(block, L, arrays, dtype, scratch=scratch_bytes):
     """How many values of a row (a prefix: all ``L`` when they fit) a long-row kernel keeps in
-    shared memory, ``arrays`` row arrays per row of the block, beside the reduction scratch;
-    the kernel re-reads the rest from global memory."""
-    free = ROW_CACHE_BYTES - scratch_bytes(block, dtype)
+    shared memory, ``arrays`` row arrays per row of the block, beside the reduction scratch
+    (of ``scratch(block, dtype)`` bytes); the kernel re-reads the rest from global memory."""
+    free = ROW_CACHE_BYTES - scratch(block, dtype)
     return max(0, min(L, free // (block[1] * arrays * np.dtype(dtype).itemsize)))
 
 
@@ -503,7 +520,7 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     config = register_row_config(R, L, "forward_segments" if weights == SEGMENT else "forward", dtype.itemsize)
     if config is not None:
         grid, block, per = config
-        _forward_kernel(per, weights)[grid, block, 0, scratch_bytes(block, dtype)](
+        _forward_kernel(per, block[0], L == per * block[0], weights)[grid, block, 0, scratch_bytes(block, dtype)](
             x2, y2, w, b, period, nseg, dtype.type(1 / L), sqrt_eps, center, mean, rstd, std)
     else:
         grid, block = row_config(R, L)
@@ -559,16 +576,25 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
         return dx2, full(entries, 0.0, dw_dtype), full(entries, 0.0, db_dtype)
     w = vector(weight, entries, 1.0, _param_dtype(weight, dtype))
     per_element, per_row = period == 1 and nseg == L, nseg == 1
-    config = register_row_config(R, L, "backward", dtype.itemsize, partial_rows_limit()) if per_element or per_row else None
+    config, dy_shared = None, False
+    if per_element or per_row:  # x and dy in registers, else dy in shared memory for rows twice as long
+        config = register_row_config(R, L, "backward", dtype.itemsize, partial_rows_limit())
+        if config is None:
+            config = register_row_config(R, L, "backward_dy_shared", dtype.itemsize, partial_rows_limit())
+            dy_shared = True
+            if config is not None and L != config[2] * config[1][0]:
+                config = None  # only rows that fill the lanes exactly: the bounds checks would spill
     if config is not None:
         grid, block, per = config
+        lanes, rows = block
+        kept = rows * lanes * per if dy_shared else 0  # dy's values in shared memory
         if per_element:  # a partial row per block
             dw_part, db_part = empty((grid, L), dtype), empty((grid, L), dtype)
-            shared = scratch_bytes(block, dtype) + (2 * L * dtype.itemsize if block[1] > 1 else 0)
+            kept = max(kept, 2 * L if rows > 1 else 0)  # the block's dw, db rows, after the loop
         else:  # a sum per row; the rows of entry c are rows c, c + period, ...
             dw_part, db_part = empty((R, 1), dtype), empty((R, 1), dtype)
-            shared = scratch_bytes(block, dtype)
-        _backward_kernel(per, per_element)[grid, block, 0, shared](
+        rows_kernel = _backward_kernel(per, lanes, L == per * lanes, per_element, dy_shared)
+        rows_kernel[grid, block, 0, scratch_bytes(block, dtype) + kept * dtype.itemsize](
             x2, dy2, dx2, w, period, mean, rstd, dtype.type(1 / L), center, dw_part, db_part)
         if per_row:
             dw_part, db_part = dw_part.reshape(R // period, period), db_part.reshape(R // period, period)
