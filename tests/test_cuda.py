@@ -317,8 +317,7 @@ def test_rows_kept_in_shared_memory_or_not_give_the_reference(op, shape, kw, kep
 ])
 def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, forward_path, backward_path):
     """The register row kernels are compiled for their lanes and for rows that fill them exactly
-    (no bounds checks; rows past the end of the array compute on the last row and write
-    nothing), or not; the backward keeps dy in registers or in shared memory, or takes the
+    (no bounds checks; rows past the end of the array read and write nothing), or not; the backward keeps dy in registers or in shared memory, or takes the
     long-row kernel. Each variant agrees with the numpy reference in float32."""
     from numbanorm.cuda import rowwise
     taken = []

@@ -180,11 +180,36 @@ def test_launch_bounds_cap_the_registers_ptxas_gives(toolkit):
         assert loop["elements"] in (1, 2, 4, 8) and loop["estimated"]
 
 
+# The read counts CI checks: each row kernel at the lengths the read-once targets end at
+# (the whole READ_CASES table takes about 3 minutes of one core; gpu-report counts it all).
+CI_READ_CASES = [c for c in static.READ_CASES if c.dtype == "float32" and (
+    (c.op, c.shape) in {("layer_norm", (1, 1024)), ("layer_norm", (1, 8192)), ("rms_norm", (1, 16384))}
+    or c.op in ("group_norm", "instance_norm") and static.row_length(c) < 10000)]
+
+
 def test_every_launch_fits_the_gpu(toolkit):
     """The launches of every op on the shape table: registers and shared memory of a block,
-    spills, float64 arithmetic, occupancy of bandwidth-bound kernels on sm_90."""
-    report = static.run()
+    spills, float64 arithmetic, occupancy of bandwidth-bound kernels on sm_90; and the global
+    reads per element of the row kernels: x once in a forward of up to 16384 float32 values,
+    x and dy once in a backward of up to 8192."""
+    report = static.run(read_cases=CI_READ_CASES)
     print(static.format_report(report))   # shown when the test fails
     assert all(report.launches.values()), report.launches    # every case launched kernels
     assert max(row["threads"] for row in report.rows) >= 256, "the dry run used the simulator's small blocks"
+    assert len(report.reads) == len(CI_READ_CASES) == 5
     assert not report.violations, "\n".join(report.violations)
+
+
+def test_reads_are_counted_per_element_and_warp():
+    """count_reads counts what the kernels read (a long row past what shared memory keeps is
+    read again: more than once) and a row's first value once per warp, not once per lane."""
+    ran = subprocess.run(
+        [sys.executable, "-c", "import sys, ptx_check; static = ptx_check.load_static(); "
+         "cases = [static.Case('layer_norm', (1, 32)), static.Case('layer_norm', (1, 20000))]; "
+         "r = static.count_reads(cases); print(repr([r[c.label] for c in cases]))"],
+        cwd=Path(__file__).parent, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"), capture_output=True, text=True,
+        timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    short, long = eval(ran.stdout.strip().splitlines()[-1])
+    assert short["forward"] == 1 + 1 / 32 and short["backward"] == (1, 1)   # one warp: its pivot read once more
+    assert min(long["forward"], *long["backward"]) > 1.5   # past the 12288 / 6144 values kept

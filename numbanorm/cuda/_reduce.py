@@ -27,6 +27,11 @@ from numba import config, cuda
 
 from ._launch import WARP, column_config, kernel
 
+
+def _warp_slots(lanes, rows):
+    return max(1, lanes // WARP) * rows  # one per warp, for each of the two values
+
+
 if config.ENABLE_CUDASIM:
     def _slots(lanes, rows):
         return lanes * rows  # one per thread, for each of the two values
@@ -61,9 +66,7 @@ if config.ENABLE_CUDASIM:
 
 else:
     FULL_MASK = 0xFFFFFFFF
-
-    def _slots(lanes, rows):
-        return max(1, lanes // WARP) * rows  # one per warp, for each of the two values
+    _slots = _warp_slots
 
     @cuda.jit(device=True)
     def scratch_slots():
@@ -112,6 +115,12 @@ def scratch_bytes(block, dtype):
     """The dynamic shared memory :func:`sum_lanes` needs in a block of ``(lanes, rows)`` threads."""
     lanes, rows = block
     return 2 * _slots(lanes, rows) * np.dtype(dtype).itemsize
+
+
+def gpu_scratch_bytes(block, dtype):
+    """:func:`scratch_bytes` on a GPU (the warp-shuffle reduction's), in the simulator too."""
+    lanes, rows = block
+    return 2 * _warp_slots(lanes, rows) * np.dtype(dtype).itemsize
 
 
 @kernel

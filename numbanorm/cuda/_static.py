@@ -19,6 +19,11 @@ of shapes (:data:`CASES`), what a GPU would get:
    and shared memory of a block, spills, float64 arithmetic in float32/float16
    kernels, and the theoretical occupancy of bandwidth-bound kernels on sm_90.
 
+Beside step 2, **count reads** (simulator on, :func:`count_reads`): the row
+ops run on a row of each length of a second table (:data:`READ_CASES`) with a
+GPU's launch choices, and every element the kernels read of x and dy is
+counted: global reads per element, checked against the read-once targets.
+
 Steps 1 and 2 need numba configured in opposite ways, so each runs in an
 interpreter of its own, started by :func:`run` as ``python _static.py STEP``.
 This file imports nothing of ``numbanorm.cuda`` at import (that needs a GPU or
@@ -38,6 +43,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types as pytypes
 from concurrent.futures import ThreadPoolExecutor
@@ -371,7 +377,7 @@ def elements_per_trip(loop, itemsize):
 
 # ----------------------------------------------------------------------------- step 1: the dry run
 
-def import_with_gpu_geometry():
+def import_with_gpu_geometry(runnable=False):
     """Import ``numbanorm.cuda`` in a simulator process with the launch choices of a GPU.
 
     Every module of the package is imported with ``numba.config.ENABLE_CUDASIM``
@@ -381,7 +387,9 @@ def import_with_gpu_geometry():
     simulator's. From then on ``cuda.jit`` (the simulator's) drops the options
     it lacks (``launch_bounds``), for the kernels that factories make later.
     Kernels imported so can be launched only by :func:`record_launches`, which
-    does not run them: this process is for the dry run only.
+    does not run them: the simulator has no warp shuffles. With ``runnable``,
+    ``_reduce`` is the simulator's too (a tree in shared memory, more scratch),
+    and the kernels run, with a GPU's blocks, rows per lane and partial rows.
     """
     import importlib.util
     import inspect
@@ -406,6 +414,10 @@ def import_with_gpu_geometry():
         launch = importlib.import_module("numbanorm.cuda._launch")
         launch.SIM = True
         importlib.import_module("numbanorm.cuda._arrays")
+        if runnable:
+            config.ENABLE_CUDASIM = 1
+            importlib.import_module("numbanorm.cuda._reduce")
+            config.ENABLE_CUDASIM = 0
         launch.SIM = False
         spec.loader.exec_module(package)
         numbanorm.cuda = package
@@ -450,6 +462,15 @@ def record_launches(launches, case=None):
 def call_op(case):
     """Run ``case``'s op forward and backward on the cuda backend, on uninitialized device arrays
     (small parameters are ones, so host code between the launches sees sane values)."""
+    from numba import cuda
+
+    import numbanorm as nbn
+    x, dy = cuda.device_array(case.shape, case.dtype), cuda.device_array(case.shape, case.dtype)
+    getattr(nbn, case.op + "_backward")(dy, call_forward(case, x))
+
+
+def call_forward(case, x):
+    """Run ``case``'s op forward on the cuda backend on the device array ``x``; its cache."""
     import numpy as np
     from numba import cuda
 
@@ -461,7 +482,6 @@ def call_op(case):
     def ones(n):
         return cuda.to_device(np.ones(n, dtype))
 
-    x, dy = cuda.device_array(shape, dtype), cuda.device_array(shape, dtype)
     args, params = (x,), {}
     if case.op in ("layer_norm", "rms_norm"):
         params["weight"] = ones(shape[-1])
@@ -482,7 +502,7 @@ def call_op(case):
     else:
         raise ValueError(f"no dry run for op {case.op!r}")
     _, cache = getattr(nbn, case.op + "_forward")(*args, **params, **options, backend="cuda")
-    getattr(nbn, case.op + "_backward")(dy, cache)
+    return cache
 
 
 def dry_run(cases):
@@ -500,6 +520,169 @@ def dry_run(cases):
         except Exception as exc:  # report every case, not only the first failure
             errors.append(f"dry run of {case.label} failed: {type(exc).__name__}: {exc}")
     return launches, errors
+
+
+# ----------------------------------------------------------------------------- step 1b: global reads, counted
+
+# Row shapes whose global reads per element are counted: a row of each length of ROW_SHAPES, and
+# group and instance norm rows as long as the table's (the same kernels on fewer rows: the
+# simulator runs a block of 1024 threads at about 10 us per element and thread).
+READ_CASES = (
+    *(Case(op, (1, L)) for op in ("layer_norm", "rms_norm") for L in (1024, 4096, 8192, 16384, 65536)),
+    Case("layer_norm", (1, 4096), "float64"),
+    Case("group_norm", (1, 2, 56, 56), options=(("num_groups", 1),)),    # rows of (32, 64, 56, 56), 32 groups
+    Case("group_norm", (1, 8, 64, 64), options=(("num_groups", 1),)),    # rows of (32, 256, 64, 64), 32 groups
+    Case("instance_norm", (1, 1, 56, 56)),
+)
+# Targets (issue 19): x read once by a row forward of up to 16384 float32 values, x and dy
+# once each by a row backward of up to 8192. The forward's "once" allows each warp's read of
+# a row's first value (its pivot): one more element a warp, 1/32 of a short row's at worst.
+READ_ONCE = {"forward": 16384, "backward": 8192}
+ONCE = {"forward": 1 + 1 / 32, "backward": 1}
+# Known shortfalls, reported as notes, not violations: (op, pass) -> why.
+READ_ONCE_UNMET = {
+    ("group_norm", "backward"): "group norm's backward (a weight per segment) takes the long-row kernel, "
+                                "which keeps 6144 float32 values of x and of dy in the 48 KiB of shared "
+                                "memory a block gets without opting in; longer rows are partly read again",
+}
+
+
+def row_length(case):
+    """The length of the rows ``case``'s op normalizes."""
+    if case.op == "group_norm":
+        return math.prod(case.shape[1:]) // dict(case.options)["num_groups"]
+    if case.op == "instance_norm":
+        return math.prod(case.shape[2:])
+    return case.shape[-1]
+
+
+class _Barrier:
+    """``syncthreads`` for the simulated threads of a block: releases them when every thread still
+    running waits (threads that have returned no longer count), as the simulator's polling
+    block manager does, without its polling (which costs minutes for blocks of 1024 threads)."""
+
+    def __init__(self, threads):
+        self.condition = threading.Condition()
+        self.running, self.waiting, self.generation = threads, 0, 0
+
+    def wait(self):
+        with self.condition:
+            generation = self.generation
+            self.waiting += 1
+            if self.waiting == self.running:
+                self._release()
+            while generation == self.generation:
+                self.condition.wait()
+
+    def leave(self):
+        with self.condition:
+            self.running -= 1
+            if self.waiting and self.waiting == self.running:
+                self._release()
+
+    def _release(self):
+        self.waiting, self.generation = 0, self.generation + 1
+        self.condition.notify_all()
+
+
+def _run_block(self, grid_point, *args):
+    """``BlockManager.run`` with a :class:`_Barrier`: start the block's threads, wait for them all."""
+    from numba.cuda.simulator.kernel import BlockThread
+    import numpy as np
+    barrier = _Barrier(math.prod(self._block_dim))
+
+    def target():
+        try:
+            self._f(*args)
+        finally:
+            barrier.leave()
+
+    threads = [BlockThread(target, self, grid_point, point, self._debug) for point in np.ndindex(*self._block_dim)]
+    for thread in threads:
+        thread.syncthreads = barrier.wait
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for thread in threads:
+        if thread.exception:
+            raise thread.exception[0].with_traceback(thread.exception[1])
+
+
+def count_reads(cases):
+    """Step 1b, in a simulator process: ``{case label: {"forward": x reads per element,
+    "backward": (x reads, dy reads) per element}}``, counting the elements the kernels read of x
+    and dy while the op runs with a GPU's launch choices (:func:`import_with_gpu_geometry` with
+    ``runnable``; the long-row kernels cache as long a prefix of a row as on a GPU, whose
+    reduction scratch is smaller than the simulator's).
+
+    A warp's lanes run the same instructions: the ``k``-th reads of its lanes are one
+    instruction, and lanes of it reading the same element (a row's first value, its pivot)
+    make one read, so a read is a distinct (element, warp, ``k``).
+    """
+    import numpy as np
+    from numba import cuda
+    from numba.cuda.simulator import kernel as simulator
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    import numbanorm as nbn
+    cuda_package = import_with_gpu_geometry(runnable=True)
+    rowwise, reduce = cuda_package.rowwise, cuda_package._reduce
+    rowwise.cache_length = functools.partial(rowwise.cache_length, scratch=reduce.gpu_scratch_bytes)
+    reads, lock = collections.defaultdict(set), threading.Lock()
+    getitem, run_block = FakeCUDAArray.__getitem__, simulator.BlockManager.run
+
+    def root(a):
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return id(a)
+
+    def counted(self, idx):
+        value = getitem(self, idx)
+        if not isinstance(value, FakeCUDAArray):   # an element, not a view
+            thread = threading.current_thread()
+            k = thread.__dict__.get("reads", 0)
+            thread.reads = k + 1
+            index = idx if isinstance(idx, tuple) else (idx,)
+            element = self._ary.__array_interface__["data"][0] + sum(
+                int(i) * stride for i, stride in zip(index, self._ary.strides))
+            warp = (tuple(thread.blockIdx), thread.thread_id // 32)
+            with lock:
+                reads[root(self._ary)].add((element, warp, k))
+        return value
+
+    FakeCUDAArray.__getitem__, simulator.BlockManager.run = counted, _run_block
+    try:
+        out = {}
+        for case in cases:
+            rng = np.random.default_rng(0)
+            x, dy = (cuda.to_device(rng.standard_normal(case.shape).astype(case.dtype)) for _ in range(2))
+            reads.clear()
+            cache = call_forward(case, x)
+            forward = len(reads[root(x._ary)]) / x.size
+            reads.clear()
+            getattr(nbn, case.op + "_backward")(dy, cache)
+            out[case.label] = {"forward": forward, "backward": (len(reads[root(x._ary)]) / x.size,
+                                                                len(reads[root(dy._ary)]) / dy.size)}
+    finally:
+        FakeCUDAArray.__getitem__, simulator.BlockManager.run = getitem, run_block
+    return out
+
+
+def check_reads(cases, reads):
+    """``(violations, notes)``: float32 rows of ``cases`` read more than once (``reads`` from
+    :func:`count_reads`) where READ_ONCE says once; those of READ_ONCE_UNMET as notes."""
+    violations, notes = [], []
+    for case in cases:
+        got, L = reads[case.label], row_length(case)
+        for phase, counts in (("forward", (got["forward"],)), ("backward", got["backward"])):
+            if case.dtype != "float32" or L > READ_ONCE[phase] or max(counts) <= ONCE[phase]:
+                continue
+            line = (f"{case.label}: the {phase} reads {'x' if phase == 'forward' else 'x, dy'} "
+                    f"{', '.join(f'{n:.3f}' for n in counts)} times an element; rows of up to "
+                    f"{READ_ONCE[phase]} float32 values should be read once")
+            why = READ_ONCE_UNMET.get((case.op, phase))
+            (notes if why else violations).append(line + (f" (known: {why})" if why else ""))
+    return violations, notes
 
 
 # ----------------------------------------------------------------------------- step 2: compile and check
@@ -657,21 +840,36 @@ class Report:
     compiled: int          # distinct (kernel, signature) compiled
     seconds: dict          # per step
     notes: list = dataclasses.field(default_factory=list)
+    reads: dict = dataclasses.field(default_factory=dict)   # READ_CASES label -> count_reads' counts
 
 
-def _step(args, simulator, timeout):
+def _start(args, simulator):
+    """Start the step ``args`` (see :func:`_main`) in an interpreter of its own."""
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     if simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
-    ran = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env, capture_output=True,
-                         text=True, timeout=timeout)
-    if ran.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:1])} step failed:\n{ran.stdout[-3000:]}{ran.stderr[-5000:]}")
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
-def run(ccs=CCS, ops=None, workers=None, timeout=1800):
-    """Run the static check: dry run, compile, check.
+def _finish(step, timeout):
+    """Wait for a step :func:`_start` started; raise if it failed."""
+    try:
+        stdout, stderr = step.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        step.kill()
+        raise
+    if step.returncode != 0:
+        raise RuntimeError(f"{' '.join(step.args[2:3])} step failed:\n{stdout[-3000:]}{stderr[-5000:]}")
+
+
+def _step(args, simulator, timeout):
+    _finish(_start(args, simulator), timeout)
+
+
+def run(ccs=CCS, ops=None, workers=None, timeout=1800, read_cases=READ_CASES):
+    """Run the static check: dry run, compile, check; and count global reads (beside the compile).
 
     Parameters
     ----------
@@ -684,6 +882,9 @@ def run(ccs=CCS, ops=None, workers=None, timeout=1800):
         ptxas processes at once (default the CPU count).
     timeout : float
         Seconds each step may take.
+    read_cases : sequence of Case
+        Row shapes whose global reads per element are counted and checked (:func:`count_reads`):
+        those of ``ops`` among them (default READ_CASES: about 3 minutes on one core).
 
     Returns
     -------
@@ -695,24 +896,38 @@ def run(ccs=CCS, ops=None, workers=None, timeout=1800):
         raise ValueError(f"no cases for ops {ops}; the ops are {sorted({c.op for c in CASES})}")
     if tool("ptxas") is None:
         raise RuntimeError("ptxas not found: pip install 'numbanorm[cuda]' (nvidia-cuda-nvcc-cu12)")
+    read_cases = [c for c in read_cases if ops is None or c.op in ops]
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cases_file, launches_file, out = (os.path.join(tmp, n) for n in ("cases.pkl", "launches.pkl", "out.pkl"))
-        with open(cases_file, "wb") as f:
-            pickle.dump([dataclasses.astuple(c) for c in cases], f)
+        cases_file, launches_file, out, read_file, reads_file = (
+            os.path.join(tmp, n) for n in ("cases.pkl", "launches.pkl", "out.pkl", "read.pkl", "reads.pkl"))
+        for cases_of, path in ((cases, cases_file), (read_cases, read_file)):
+            with open(path, "wb") as f:
+                pickle.dump([dataclasses.astuple(c) for c in cases_of], f)
         start = time.perf_counter()
-        _step(["dry-run", cases_file, launches_file], True, timeout)
-        seconds["dry run"] = time.perf_counter() - start
-        _step(["compile", launches_file, out, "--cc", ",".join(f"{a}.{b}" for a, b in ccs),
-               "--workers", str(workers or 0)], False, timeout)
-        seconds["compile and check"] = time.perf_counter() - start - seconds["dry run"]
+        counting = _start(["count-reads", read_file, reads_file], True)
+        try:
+            _step(["dry-run", cases_file, launches_file], True, timeout)
+            seconds["dry run"] = time.perf_counter() - start
+            _step(["compile", launches_file, out, "--cc", ",".join(f"{a}.{b}" for a, b in ccs),
+                   "--workers", str(workers or 0)], False, timeout)
+            seconds["compile and check"] = time.perf_counter() - start - seconds["dry run"]
+            _finish(counting, timeout)
+            seconds["reads counted (alongside)"] = time.perf_counter() - start
+        finally:
+            counting.kill()
         with open(out, "rb") as f:
             rows, violations, errors, launches, compiled = pickle.load(f)
+        with open(reads_file, "rb") as f:
+            reads = pickle.load(f)
+        read_violations, read_notes = check_reads(read_cases, reads)
+        violations += read_violations
     launches = {case.label: launches.get(case.label, 0) for case in cases}
-    notes = []
+    notes = read_notes
     if SASS_CC in ccs and tool("nvdisasm") is None:
         notes.append("hot loops not read: nvdisasm not found (pip install nvidia-cuda-nvdisasm)")
-    return Report(rows, errors + violations, ccs, launches, compiled, seconds, notes)
+    return Report(rows, errors + violations, ccs, launches, compiled, seconds, notes,
+                  {c.label: dict(reads[c.label], length=row_length(c)) for c in read_cases})
 
 
 def format_report(report):
@@ -746,6 +961,19 @@ def format_report(report):
                 f"instructions of the largest innermost loop on sm_{SASS_CC[0]}{SASS_CC[1]}; el/it: elements a "
                 "trip handles (~ estimated); LDG/el: global loads per element there; wide: loads wider "
                 "than an element; ! marks a row with violations.")
+    if report.reads:
+        text.append("")
+        text.append("Global reads per element of x (and dy), counted in the simulator with a GPU's launch "
+                    f"choices; read once: 1 (forward: at most {ONCE['forward']:.3f}, each warp reads a row's first value),")
+        text.append(f"the target for rows of up to {READ_ONCE['forward']} float32 values in the forward and "
+                    f"{READ_ONCE['backward']} in the backward:")
+        table = [("case", "row length", "forward x", "backward x", "backward dy")]
+        for label, got in report.reads.items():
+            table.append((label, str(got["length"]), f"{got['forward']:.2f}",
+                          *(f"{n:.2f}" for n in got["backward"])))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        text += [" ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+        text.append("")
     text += report.notes
     text.append(f"{len(report.violations)} violations" + (":" if report.violations else "."))
     text += ["  " + v for v in report.violations]
@@ -753,11 +981,12 @@ def format_report(report):
 
 
 def _main(argv):
-    """The steps, run as ``python _static.py dry-run CASES OUT`` (NUMBA_ENABLE_CUDASIM=1) or
-    ``python _static.py compile LAUNCHES OUT --cc 7.0,8.0,9.0``."""
+    """The steps, run as ``python _static.py dry-run CASES OUT``, ``python _static.py count-reads
+    CASES OUT`` (both with NUMBA_ENABLE_CUDASIM=1) or ``python _static.py compile LAUNCHES OUT --cc
+    7.0,8.0,9.0``."""
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("dry-run", "compile"))
+    parser.add_argument("step", choices=("dry-run", "count-reads", "compile"))
     parser.add_argument("input")
     parser.add_argument("output")
     parser.add_argument("--cc", default=",".join(f"{a}.{b}" for a, b in CCS))
@@ -768,6 +997,8 @@ def _main(argv):
     if args.step == "dry-run":
         launches, errors = dry_run([Case(*c) for c in data])
         out = (launches, errors)
+    elif args.step == "count-reads":
+        out = count_reads([Case(*c) for c in data])
     else:
         launches, errors = data
         ccs = tuple(tuple(int(p) for p in cc.split(".")) for cc in args.cc.split(","))

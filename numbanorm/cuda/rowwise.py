@@ -89,16 +89,17 @@ def _forward_kernel(per, lanes, exact, weights):
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
-            valid = r < R  # rows past the end compute on the last row and write nothing
-            row = x[r if valid else R - 1]
-            out = y[r if valid else R - 1]
-            pivot = T(row[0]) if center else T(0)
+            valid = r < R
+            row = x[r if valid else 0]
+            out = y[r if valid else 0]
+            pivot = T(row[0]) if valid and center else T(0)
             total = T(0)
             size = T(0)
-            for i in range(per):
+            for i in range(per):  # rows past the end read nothing (a branch, not a predicate per load)
                 j = lane + U(i * lanes)
-                v = T(row[j]) if exact or j < length else pivot  # past the end: adds nothing
-                values[i] = v
+                values[i] = T(row[j]) if valid and (exact or j < length) else pivot  # past the end: adds nothing
+            for i in range(per):
+                v = values[i]
                 total += v - pivot
                 size += abs(v - pivot)
             total, size = sum_lanes(total, size, scratch)
@@ -173,23 +174,22 @@ def _backward_kernel(per, lanes, exact, per_element, dy_shared):
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
-            valid = r < R  # rows past the end compute on the last row and write nothing
-            rr = r if valid else R - 1
-            x_row, dy_row, dx_row = x[rr], dy[rr], dx[rr]
-            m, rs = mean[rr], rstd[rr]
-            w_row = T(0) if per_element else T(w[rr % period])
+            valid = r < R
+            x_row, dy_row, dx_row = (x[r], dy[r], dx[r]) if valid else (x[0], dy[0], dx[0])
+            m = mean[r] if valid else T(0)
+            rs = rstd[r] if valid else T(0)
+            w_row = T(0) if per_element or not valid else T(w[r % period])
             s1 = T(0)  # per element: sum(g), sum(g * xhat); per row: sum(dy), sum(dy * xhat)
             s2 = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
-                inside = exact or j < length
-                d = T(dy_row[j]) if inside else T(0)  # past the end: xhat = 0, dy = 0
+                inside = valid and (exact or j < length)
+                d = T(dy_row[j]) if inside else T(0)  # rows past the end and past a row's end: xhat = 0, dy = 0
                 xhat = (T(x_row[j]) - m) * rs if inside else T(0)
                 xhats[i] = xhat
                 if per_element:
-                    if valid:
-                        dws[i] += d * xhat
-                        dbs[i] += d
+                    dws[i] += d * xhat
+                    dbs[i] += d
                     d *= T(w[j]) if inside else T(0)  # g; per row, w multiplies the sums below
                 if dy_shared:  # each lane reads back only what it stored: no barrier needed
                     shared[g_at + j] = d
