@@ -307,18 +307,25 @@ def test_rows_kept_in_shared_memory_or_not_give_the_reference(op, shape, kw, kep
         assert_close(got, want, tol_for(np.float64), name)
 
 
-@pytest.mark.parametrize("op, shape, forward_path, backward_path", [
-    ("layer_norm", (3, 8), "exact", "registers exact"),       # rows past the end in a block
-    ("layer_norm", (3, 12), "checked", "registers checked"),  # rows shorter than the lanes' slots
-    ("layer_norm", (5, 32), "exact", "dy shared exact"),
-    ("rms_norm", (5, 32), "exact", "dy shared exact"),
-    ("layer_norm", (5, 24), "checked", "long"),               # dy in shared memory only for exact rows
-    ("instance_norm", (2, 5, 4, 8), "exact", "dy shared exact"),
+@pytest.mark.parametrize("op, shape, kw, forward_path, backward_path", [
+    ("layer_norm", (3, 8), {}, "exact", "registers exact"),       # rows past the end in a block
+    ("layer_norm", (3, 12), {}, "checked", "registers checked"),  # rows shorter than the lanes' slots
+    ("layer_norm", (5, 32), {}, "exact", "dy shared exact"),
+    ("rms_norm", (5, 32), {}, "exact", "dy shared exact"),
+    ("layer_norm", (5, 24), {}, "checked", "long"),               # per element: dy shared only for exact rows
+    ("instance_norm", (2, 5, 4, 8), {}, "exact", "dy shared exact"),
+    ("instance_norm", (2, 5, 4, 6), {}, "checked", "dy shared checked"),
+    ("group_norm", (3, 6, 5), dict(num_groups=3), "checked", "registers checked"),   # segments of 5
+    ("group_norm", (2, 8, 4), dict(num_groups=2), "exact", "registers exact"),       # 4 segments of 4
+    ("group_norm", (2, 6, 5), dict(num_groups=1), "checked", "dy shared checked"),   # 6 segments of 5
+    ("group_norm", (2, 4, 3, 3), dict(num_groups=2), "checked", "dy shared checked"),  # segments of 9
 ])
-def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, forward_path, backward_path):
+def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, kw, forward_path, backward_path):
     """The register row kernels are compiled for their lanes and for rows that fill them exactly
-    (no bounds checks; rows past the end of the array read and write nothing), or not; the backward keeps dy in registers or in shared memory, or takes the
-    long-row kernel. Each variant agrees with the numpy reference in float32."""
+    (no bounds checks; rows past the end of the array read and write nothing), or not;
+    the backward keeps dy in registers or in shared memory, or takes the long-row kernel;
+    with a weight per element, per row or per segment of a row (group norm: a lane
+    reduction per segment). Each variant agrees with the numpy reference in float32."""
     from numbanorm.cuda import rowwise
     taken = []
 
@@ -329,14 +336,14 @@ def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, for
         monkeypatch.setattr(rowwise, factory.__name__, made)
 
     spy(rowwise._forward_kernel, lambda per, lanes, exact, weights: "exact" if exact else "checked")
-    spy(rowwise._backward_kernel, lambda per, lanes, exact, per_element, dy_shared:
+    spy(rowwise._backward_kernel, lambda per, lanes, exact, weights, dy_shared:
         ("dy shared " if dy_shared else "registers ") + ("exact" if exact else "checked"))
     spy(rowwise._backward_long_kernel, lambda per_element: "long")
     rng = rng_for("row-variants", op, shape)
     x = (3 + rng.standard_normal(shape)).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
-    channels = shape[1] if op == "instance_norm" else shape[-1]
-    kw = dict(weight=rng.standard_normal(channels).astype(np.float32))
+    channels = shape[-1] if op in ("layer_norm", "rms_norm") else shape[1]
+    kw = dict(kw, weight=rng.standard_normal(channels).astype(np.float32))
     if op != "rms_norm":
         kw["bias"] = rng.standard_normal(channels).astype(np.float32)
     y_ref, cache_ref = forward(op, x, "numpy", **kw)

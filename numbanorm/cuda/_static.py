@@ -539,12 +539,6 @@ READ_CASES = (
 # a row's first value (its pivot): one more element a warp, 1/32 of a short row's at worst.
 READ_ONCE = {"forward": 16384, "backward": 8192}
 ONCE = {"forward": 1 + 1 / 32, "backward": 1}
-# Known shortfalls, reported as notes, not violations: (op, pass) -> why.
-READ_ONCE_UNMET = {
-    ("group_norm", "backward"): "group norm's backward (a weight per segment) takes the long-row kernel, "
-                                "which keeps 6144 float32 values of x and of dy in the 48 KiB of shared "
-                                "memory a block gets without opting in; longer rows are partly read again",
-}
 
 
 def row_length(case):
@@ -669,20 +663,17 @@ def count_reads(cases):
 
 
 def check_reads(cases, reads):
-    """``(violations, notes)``: float32 rows of ``cases`` read more than once (``reads`` from
-    :func:`count_reads`) where READ_ONCE says once; those of READ_ONCE_UNMET as notes."""
-    violations, notes = [], []
+    """Violations: float32 rows of ``cases`` read more than once (``reads`` from
+    :func:`count_reads`) where READ_ONCE says once."""
+    violations = []
     for case in cases:
         got, L = reads[case.label], row_length(case)
         for phase, counts in (("forward", (got["forward"],)), ("backward", got["backward"])):
-            if case.dtype != "float32" or L > READ_ONCE[phase] or max(counts) <= ONCE[phase]:
-                continue
-            line = (f"{case.label}: the {phase} reads {'x' if phase == 'forward' else 'x, dy'} "
-                    f"{', '.join(f'{n:.3f}' for n in counts)} times an element; rows of up to "
-                    f"{READ_ONCE[phase]} float32 values should be read once")
-            why = READ_ONCE_UNMET.get((case.op, phase))
-            (notes if why else violations).append(line + (f" (known: {why})" if why else ""))
-    return violations, notes
+            if case.dtype == "float32" and L <= READ_ONCE[phase] and max(counts) > ONCE[phase]:
+                violations.append(f"{case.label}: the {phase} reads {'x' if phase == 'forward' else 'x, dy'} "
+                                  f"{', '.join(f'{n:.3f}' for n in counts)} times an element; rows of up to "
+                                  f"{READ_ONCE[phase]} float32 values should be read once")
+    return violations
 
 
 # ----------------------------------------------------------------------------- step 2: compile and check
@@ -920,10 +911,9 @@ def run(ccs=CCS, ops=None, workers=None, timeout=1800, read_cases=READ_CASES):
             rows, violations, errors, launches, compiled = pickle.load(f)
         with open(reads_file, "rb") as f:
             reads = pickle.load(f)
-        read_violations, read_notes = check_reads(read_cases, reads)
-        violations += read_violations
+        violations += check_reads(read_cases, reads)
     launches = {case.label: launches.get(case.label, 0) for case in cases}
-    notes = read_notes
+    notes = []
     if SASS_CC in ccs and tool("nvdisasm") is None:
         notes.append("hot loops not read: nvdisasm not found (pip install nvidia-cuda-nvdisasm)")
     return Report(rows, errors + violations, ccs, launches, compiled, seconds, notes,

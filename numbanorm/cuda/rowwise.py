@@ -23,14 +23,14 @@ The row kernels (:func:`_forward_kernel`, :func:`_backward_kernel`) keep each
 lane's values of the row in registers, lane ``l`` holding elements ``l, l +
 lanes, ...`` (coalesced), so global memory is read once: rows of up to 16384
 float32 values in the forward (8192 for group norm), x and dy of rows of up to
-4096 in the backward of layer, RMS and instance norm, and float32 rows of up to
-8192 that fill the lanes exactly with dy kept in shared memory instead
+4096 in the backward, and float32 rows of up to 8192 with dy kept in shared
+memory instead (with a weight per element, rows that fill the lanes exactly)
 (:func:`._launch.register_row_config`; more spills at the 64 registers a
 thread has). They are compiled for their number of lanes, so a lane's values
 lie at constant offsets, and for rows that fill the lanes exactly or not: exact
 rows are read without bounds checks, whose predicated loads cost registers and
-instructions (``python -m numbanorm gpu-report``). Longer rows, and group
-norm's backward, take the long-row kernels, which keep the row in shared memory
+instructions (``python -m numbanorm gpu-report``). Longer rows take the
+long-row kernels, which keep the row in shared memory
 when it fits (12288 float32 values in the forward, 6144 of x and dy in the
 backward) and re-read it otherwise. Indices are unsigned and strided loops are
 while loops: numba's signed indices and ``range`` trip counts cost registers
@@ -42,8 +42,9 @@ weight per element (layer and RMS norm), each lane adds its columns'
 ``dy * xhat`` and ``dy`` in registers over all the rows its block handles, the
 block writes one partial row, and :func:`._reduce.column_sums` adds the
 partial rows up (at most PARTIAL_ROWS of them, a number fixed by the shape).
-With a weight per row (instance norm), each row's sums are written, and the
-rows of the same entry are added up in order by the same second stage.
+With a weight per row or per segment of a row (instance and group norm), each
+row's sums per segment are written (a lane reduction per segment), and the rows
+of the same entry are added up in order by the same second stage.
 """
 import functools
 import math
@@ -143,29 +144,31 @@ def _forward_kernel(per, lanes, exact, weights):
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_kernel(per, lanes, exact, per_element, dy_shared):
+def _backward_kernel(per, lanes, exact, weights, dy_shared):
     """The backward for rows whose ``lanes`` lanes keep ``per`` values of x and of dy each in
     registers (``per``, ``lanes`` and ``exact`` as for :func:`_forward_kernel`).
 
-    ``per_element``: a weight per element (``period == 1, nseg == L``), whose
-    dweight/dbias sums each lane keeps in registers over its rows; else a weight
-    per row (``nseg == 1``), whose sums are written per row.
+    ``weights``: ELEMENT, a weight per element (``period == 1, nseg == L``),
+    whose dweight/dbias sums each lane keeps in registers over its rows; ROW or
+    SEGMENT, a weight per row or per segment of a row, whose sums over the row's
+    segments are written per row (one lane reduction per segment).
     ``dy_shared``: dy's values are kept in the dynamic shared memory after the
     reduction scratch instead (``per * lanes`` values a row of the block), which
     leaves the registers to x and the dweight/dbias sums: rows twice as long.
     """
 
     @kernel
-    def backward_rows(x, dy, dx, w, period, mean, rstd, inv_len, center, dw_part, db_part):
+    def backward_rows(x, dy, dx, w, period, nseg, mean, rstd, inv_len, center, dw_part, db_part):
         T = mean.dtype.type
         shared = cuda.shared.array(0, mean.dtype)  # sum_lanes' scratch, then dy's or the block's dw, db rows
         xhats = cuda.local.array(per, mean.dtype)
-        gs = cuda.local.array(1 if dy_shared else per, mean.dtype)  # dy * w (per element), else dy
-        dws = cuda.local.array(per, mean.dtype)   # sum(dy * xhat) of this lane's columns
+        gs = cuda.local.array(1 if dy_shared else per, mean.dtype)  # dy, and g = dy * w once known
+        dws = cuda.local.array(per, mean.dtype)   # sum(dy * xhat) of this lane's columns (ELEMENT)
         dbs = cuda.local.array(per, mean.dtype)   # sum(dy)
         U = np.uint64  # unsigned indices: no code for negative ones
         R, L = x.shape
         length = U(L)
+        seg = U(L // nseg)
         lane, rows = U(cuda.threadIdx.x), cuda.blockDim.y
         g_at = U(scratch_slots()) + U(cuda.threadIdx.y * per * lanes)  # this row's g, with dy_shared
         for i in range(per):
@@ -178,8 +181,8 @@ def _backward_kernel(per, lanes, exact, per_element, dy_shared):
             x_row, dy_row, dx_row = (x[r], dy[r], dx[r]) if valid else (x[0], dy[0], dx[0])
             m = mean[r] if valid else T(0)
             rs = rstd[r] if valid else T(0)
-            w_row = T(0) if per_element or not valid else T(w[r % period])
-            s1 = T(0)  # per element: sum(g), sum(g * xhat); per row: sum(dy), sum(dy * xhat)
+            base = U((r % period) * nseg) if valid else U(0)
+            s1 = T(0)  # ELEMENT: sum(g), sum(g * xhat); ROW: sum(dy), sum(dy * xhat)
             s2 = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
@@ -187,20 +190,46 @@ def _backward_kernel(per, lanes, exact, per_element, dy_shared):
                 d = T(dy_row[j]) if inside else T(0)  # rows past the end and past a row's end: xhat = 0, dy = 0
                 xhat = (T(x_row[j]) - m) * rs if inside else T(0)
                 xhats[i] = xhat
-                if per_element:
+                if weights == ELEMENT:
                     dws[i] += d * xhat
                     dbs[i] += d
-                    d *= T(w[j]) if inside else T(0)  # g; per row, w multiplies the sums below
+                    d *= T(w[j]) if inside else T(0)  # g
                 if dy_shared:  # each lane reads back only what it stored: no barrier needed
                     shared[g_at + j] = d
                 else:
                     gs[i] = d
                 s1 += d
                 s2 += d * xhat
-            s1, s2 = sum_lanes(s1, s2, shared)
-            if not per_element:
+            if weights == SEGMENT:  # per segment q: the sums of dy and dy * xhat, then g = dy * w[q]
+                s1 = T(0)
+                s2 = T(0)
+                for q in range(nseg):
+                    w_q = T(w[base + U(q)]) if valid else T(0)
+                    start = np.uint32(q) * np.uint32(seg)  # 32 bits: fewer registers (rows < 2**32)
+                    sum_dy = T(0)
+                    sum_dyx = T(0)
+                    for i in range(per):
+                        j = np.uint32(lane) + np.uint32(i * lanes)
+                        if j >= start and j < start + np.uint32(seg):
+                            d = shared[g_at + j] if dy_shared else gs[i]
+                            sum_dy += d
+                            sum_dyx += d * xhats[i]
+                            if dy_shared:
+                                shared[g_at + j] = d * w_q
+                            else:
+                                gs[i] = d * w_q
+                    sum_dy, sum_dyx = sum_lanes(sum_dy, sum_dyx, shared)
+                    if valid and lane == 0:
+                        dw_part[r, q], db_part[r, q] = sum_dyx, sum_dy
+                    s1 += w_q * sum_dy
+                    s2 += w_q * sum_dyx
+            else:
+                s1, s2 = sum_lanes(s1, s2, shared)
+            w_row = T(1)
+            if weights == ROW:
                 if valid and lane == 0:
                     dw_part[r, 0], db_part[r, 0] = s2, s1
+                w_row = T(w[base]) if valid else T(0)
                 s1 *= w_row
                 s2 *= w_row
             mean_g = s1 * inv_len if center else T(0)
@@ -210,11 +239,11 @@ def _backward_kernel(per, lanes, exact, per_element, dy_shared):
                     j = lane + U(i * lanes)
                     if exact or j < length:
                         g = shared[g_at + j] if dy_shared else gs[i]
-                        if not per_element:
+                        if weights == ROW:
                             g *= w_row
                         dx_row[j] = rs * (g - mean_g - xhats[i] * mean_gx)
             first += cuda.gridDim.x * rows
-        if per_element:  # the block's row groups add their columns' sums in order, into one partial row
+        if weights == ELEMENT:  # the block's row groups add their columns' sums in order, into one partial row
             p = cuda.blockIdx.x
             if rows == 1:
                 for i in range(per):
@@ -239,7 +268,7 @@ def _backward_kernel(per, lanes, exact, per_element, dy_shared):
                 dw_part[p, j], db_part[p, j] = shared[start + j], shared[start + length + j]
                 j += U(lanes * rows)
 
-    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, lanes, exact, per_element, dy_shared))
+    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, lanes, exact, weights, dy_shared))
     return backward_rows
 
 
@@ -575,29 +604,28 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
     if R == 0 or L == 0:
         return dx2, full(entries, 0.0, dw_dtype), full(entries, 0.0, db_dtype)
     w = vector(weight, entries, 1.0, _param_dtype(weight, dtype))
-    per_element, per_row = period == 1 and nseg == L, nseg == 1
-    config, dy_shared = None, False
-    if per_element or per_row:  # x and dy in registers, else dy in shared memory for rows twice as long
-        config = register_row_config(R, L, "backward", dtype.itemsize, partial_rows_limit())
-        if config is None:
-            config = register_row_config(R, L, "backward_dy_shared", dtype.itemsize, partial_rows_limit())
-            dy_shared = True
-            if config is not None and L != config[2] * config[1][0]:
-                config = None  # only rows that fill the lanes exactly: the bounds checks would spill
+    weights = weights_of(period, nseg, L)
+    dy_shared = False  # x and dy in registers, else dy in shared memory for rows twice as long
+    config = register_row_config(R, L, "backward", dtype.itemsize, partial_rows_limit())
+    if config is None:
+        config = register_row_config(R, L, "backward_dy_shared", dtype.itemsize, partial_rows_limit())
+        dy_shared = True
+        if config is not None and weights == ELEMENT and L != config[2] * config[1][0]:
+            config = None  # the dweight/dbias sums and the bounds checks would spill
     if config is not None:
         grid, block, per = config
         lanes, rows = block
         kept = rows * lanes * per if dy_shared else 0  # dy's values in shared memory
-        if per_element:  # a partial row per block
+        if weights == ELEMENT:  # a partial row per block
             dw_part, db_part = empty((grid, L), dtype), empty((grid, L), dtype)
             kept = max(kept, 2 * L if rows > 1 else 0)  # the block's dw, db rows, after the loop
-        else:  # a sum per row; the rows of entry c are rows c, c + period, ...
-            dw_part, db_part = empty((R, 1), dtype), empty((R, 1), dtype)
-        rows_kernel = _backward_kernel(per, lanes, L == per * lanes, per_element, dy_shared)
+        else:  # sums per row and segment; the rows of entry c are rows c, c + period, ...
+            dw_part, db_part = empty((R, nseg), dtype), empty((R, nseg), dtype)
+        rows_kernel = _backward_kernel(per, lanes, L == per * lanes, weights, dy_shared)
         rows_kernel[grid, block, 0, scratch_bytes(block, dtype) + kept * dtype.itemsize](
-            x2, dy2, dx2, w, period, mean, rstd, dtype.type(1 / L), center, dw_part, db_part)
-        if per_row:
-            dw_part, db_part = dw_part.reshape(R // period, period), db_part.reshape(R // period, period)
+            x2, dy2, dx2, w, period, nseg, mean, rstd, dtype.type(1 / L), center, dw_part, db_part)
+        if weights != ELEMENT:
+            dw_part, db_part = (a.reshape(R // period, entries) for a in (dw_part, db_part))
     else:
         grid, block = row_config(R, L, partial_rows_limit())
         parts = grid * block[1]
