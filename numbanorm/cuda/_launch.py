@@ -134,7 +134,8 @@ def register_row_config(R, L, kind, itemsize, max_blocks=None):
     values of ``itemsize`` bytes does not fit in a block that way.
 
     About ELEMENTS_PER_LANE values a lane (more for the longest rows); a warp per
-    row for rows of up to ``8 * WARP``, several rows per block of BLOCK threads.
+    row for rows of up to ``8 * WARP``, several rows per block of BLOCK threads (no
+    more than there are rows: the kernels' rows past the end read the last row again).
     """
     limit = ROW_REGISTER_BYTES[kind]
     per_max = (limit.get(itemsize, 0) if isinstance(limit, dict) else limit) // itemsize
@@ -144,7 +145,7 @@ def register_row_config(R, L, kind, itemsize, max_blocks=None):
     per = pow2_at_least(cdiv(L, lanes))
     if per > per_max:
         return None
-    rows = max(1, BLOCK // lanes)
+    rows = max(1, min(BLOCK // lanes, R))
     return max(1, min(cdiv(R, rows), max_blocks or MAX_BLOCKS)), (lanes, rows), per
 
 

@@ -90,17 +90,16 @@ def _forward_kernel(per, lanes, exact, weights):
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
-            valid = r < R
-            row = x[r if valid else 0]
-            out = y[r if valid else 0]
-            pivot = T(row[0]) if valid and center else T(0)
+            valid = r < R  # rows past the end compute on the last row (no predicate per load) and write nothing
+            row = x[r if valid else R - 1]
+            out = y[r if valid else R - 1]
+            pivot = T(row[0]) if center else T(0)
             total = T(0)
             size = T(0)
-            for i in range(per):  # rows past the end read nothing (a branch, not a predicate per load)
-                j = lane + U(i * lanes)
-                values[i] = T(row[j]) if valid and (exact or j < length) else pivot  # past the end: adds nothing
             for i in range(per):
-                v = values[i]
+                j = lane + U(i * lanes)
+                v = T(row[j]) if exact or j < length else pivot  # past the row's end: adds nothing
+                values[i] = v
                 total += v - pivot
                 size += abs(v - pivot)
             total, size = sum_lanes(total, size, scratch)
@@ -177,22 +176,23 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
         first = cuda.blockIdx.x * rows
         while first < R:  # the same trips for the block
             r = first + cuda.threadIdx.y
-            valid = r < R
-            x_row, dy_row, dx_row = (x[r], dy[r], dx[r]) if valid else (x[0], dy[0], dx[0])
-            m = mean[r] if valid else T(0)
-            rs = rstd[r] if valid else T(0)
-            base = U((r % period) * nseg) if valid else U(0)
+            valid = r < R  # rows past the end compute on the last row (no predicate per load) and write nothing
+            rr = r if valid else R - 1
+            x_row, dy_row, dx_row = x[rr], dy[rr], dx[rr]
+            m, rs = mean[rr], rstd[rr]
+            base = U((rr % period) * nseg)
             s1 = T(0)  # ELEMENT: sum(g), sum(g * xhat); ROW: sum(dy), sum(dy * xhat)
             s2 = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
-                inside = valid and (exact or j < length)
-                d = T(dy_row[j]) if inside else T(0)  # rows past the end and past a row's end: xhat = 0, dy = 0
+                inside = exact or j < length
+                d = T(dy_row[j]) if inside else T(0)  # past the row's end: xhat = 0, dy = 0
                 xhat = (T(x_row[j]) - m) * rs if inside else T(0)
                 xhats[i] = xhat
                 if weights == ELEMENT:
-                    dws[i] += d * xhat
-                    dbs[i] += d
+                    if valid:
+                        dws[i] += d * xhat
+                        dbs[i] += d
                     d *= T(w[j]) if inside else T(0)  # g
                 if dy_shared:  # each lane reads back only what it stored: no barrier needed
                     shared[g_at + j] = d
@@ -204,7 +204,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
                 s1 = T(0)
                 s2 = T(0)
                 for q in range(nseg):
-                    w_q = T(w[base + U(q)]) if valid else T(0)
+                    w_q = T(w[base + U(q)])
                     start = np.uint32(q) * np.uint32(seg)  # 32 bits: fewer registers (rows < 2**32)
                     sum_dy = T(0)
                     sum_dyx = T(0)
@@ -229,7 +229,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
             if weights == ROW:
                 if valid and lane == 0:
                     dw_part[r, 0], db_part[r, 0] = s2, s1
-                w_row = T(w[base]) if valid else T(0)
+                w_row = T(w[base])
                 s1 *= w_row
                 s2 *= w_row
             mean_g = s1 * inv_len if center else T(0)
