@@ -34,6 +34,31 @@ def test_row_paths_match_reference(op, shape, args, kw):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(1.0, float(np.abs(w).max())))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op, shape, args, kw", CASES[:2] + CASES[-1:] + [("instance_norm", (3, 4, 5), (), {})],
+                         ids=lambda c: str(c))
+def test_small_backward_is_one_call_with_the_same_bits(op, shape, args, kw, dtype, monkeypatch):
+    """Below SERIAL_BELOW elements a row backward allocates its outputs and scratch in the
+    compiled call that runs the serial kernel: the same bits as allocating them from Python."""
+    from numbanorm.cpu import rowwise
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    channels = shape[-1] if op in ("layer_norm", "rms_norm") else shape[1]
+    params = {"weight": rng.standard_normal(channels).astype(dtype)}
+    forward, backward = getattr(nbn, op + "_forward"), getattr(nbn, op + "_backward")
+    cache = forward(x, *args, backend="cpu", **params, **kw)[1]
+    calls = []
+    small = rowwise._small_backward
+    monkeypatch.setattr(rowwise, "_small_backward", lambda *a: calls.append(1) or small(*a))
+    one_call = backward(dy, cache)
+    assert calls == [1]
+    monkeypatch.setattr(rowwise, "SERIAL_BELOW", 0)
+    from_python = backward(dy, cache)
+    assert calls == [1]
+    for a, b in zip(one_call, from_python):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("op, args", [("instance_norm", ()), ("group_norm", (2,))])
 def test_channels_last_chunks_match_reference(op, args, monkeypatch):
     """Channels-last instance/group norm go through the batch a chunk of samples at a time
