@@ -312,15 +312,19 @@ def test_rows_kept_in_shared_memory_or_not_give_the_reference(op, shape, kw, kep
     ("layer_norm", (3, 12), {}, "checked", "registers checked"),  # rows shorter than the lanes' slots
     ("layer_norm", (5, 32), {}, "exact", "dy shared exact"),
     ("rms_norm", (5, 32), {}, "exact", "dy shared exact"),
-    ("layer_norm", (5, 24), {}, "checked", "long"),               # per element: dy shared only for exact rows
+    ("layer_norm", (5, 24), {}, "checked", "dy shared checked"),
+    ("layer_norm", (2, 40), {}, "long", "long"),
     ("instance_norm", (2, 5, 4, 8), {}, "exact", "dy shared exact"),
     ("instance_norm", (2, 5, 4, 6), {}, "checked", "dy shared checked"),
     ("group_norm", (3, 6, 5), dict(num_groups=3), "checked", "registers checked"),   # segments of 5
     ("group_norm", (2, 8, 4), dict(num_groups=2), "exact", "registers exact"),       # 4 segments of 4
     ("group_norm", (2, 6, 5), dict(num_groups=1), "checked", "dy shared checked"),   # 6 segments of 5
     ("group_norm", (2, 4, 3, 3), dict(num_groups=2), "checked", "dy shared checked"),  # segments of 9
+    # 4 values a lane (16 bytes, more than the simulator's tables give): 2 in every row, 1 checked, 1 past every end
+    ("layer_norm", (3, 40), dict(register_bytes=16), "checked", "registers checked"),
+    ("group_norm", (3, 4, 10), dict(num_groups=1, register_bytes=16), "checked", "registers checked"),
 ])
-def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, kw, forward_path, backward_path):
+def test_each_row_kernel_variant_gives_the_reference(request, monkeypatch, op, shape, kw, forward_path, backward_path):
     """The register row kernels are compiled for their lanes and for rows that fill them exactly
     (no bounds checks; rows past the end of the array compute on the last row and write
     nothing), or not;
@@ -329,6 +333,12 @@ def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, kw,
     reduction per segment). Each variant agrees with the numpy reference in float32."""
     from numbanorm.cuda import rowwise
     taken = []
+    kw = dict(kw)
+    if "register_bytes" in kw:
+        size = kw.pop("register_bytes")
+        monkeypatch.setattr(_launch, "ROW_REGISTER_BYTES", dict.fromkeys(_launch.ROW_REGISTER_BYTES, size))
+        _launch.register_row_config.cache_clear()
+        request.addfinalizer(_launch.register_row_config.cache_clear)
 
     def spy(factory, describe):
         def made(*args):
@@ -336,9 +346,10 @@ def test_each_row_kernel_variant_gives_the_reference(monkeypatch, op, shape, kw,
             return factory(*args)
         monkeypatch.setattr(rowwise, factory.__name__, made)
 
-    spy(rowwise._forward_kernel, lambda per, lanes, exact, weights: "exact" if exact else "checked")
-    spy(rowwise._backward_kernel, lambda per, lanes, exact, weights, dy_shared:
-        ("dy shared " if dy_shared else "registers ") + ("exact" if exact else "checked"))
+    spy(rowwise._forward_kernel, lambda per, lanes, full, weights: "exact" if full == per else "checked")
+    spy(rowwise._backward_kernel, lambda per, lanes, full, weights, dy_shared:
+        ("dy shared " if dy_shared else "registers ") + ("exact" if full == per else "checked"))
+    spy(rowwise._forward_long_kernel, lambda per_element: "long")
     spy(rowwise._backward_long_kernel, lambda per_element: "long")
     rng = rng_for("row-variants", op, shape)
     x = (3 + rng.standard_normal(shape)).astype(np.float32)

@@ -24,15 +24,14 @@ lane's values of the row in registers, lane ``l`` holding elements ``l, l +
 lanes, ...`` (coalesced), so global memory is read once: rows of up to 16384
 float32 values in the forward (8192 for group norm), x and dy of rows of up to
 4096 in the backward, and float32 rows of up to 8192 with dy kept in shared
-memory instead (with a weight per element, rows that fill the lanes exactly)
-(:func:`._launch.register_row_config`; more spills at the 64 registers a
+memory instead (:func:`._launch.register_row_config`; more spills at the 64 registers a
 thread has). They are compiled for their number of lanes, so a lane's values
-lie at constant offsets, and for rows that fill the lanes exactly or not: exact
-rows are read without bounds checks, whose predicated loads cost registers and
-instructions (``python -m numbanorm gpu-report``). Longer rows take the
-long-row kernels, which keep the row in shared memory
-when it fits (12288 float32 values in the forward, 6144 of x and dy in the
-backward) and re-read it otherwise. Indices are unsigned and strided loops are
+lie at constant offsets, and for how many of a lane's values lie in the row:
+those are read without bounds checks, whose predicated loads cost registers and
+instructions (``python -m numbanorm gpu-report``); one value a lane is checked.
+Longer rows take the long-row kernels, which keep the row in shared memory when
+it fits (12288 float32 values in the forward, 6144 of x and dy in the backward)
+and re-read it otherwise. Indices are unsigned and strided loops are
 while loops: numba's signed indices and ``range`` trip counts cost registers
 and a 64-bit division.
 
@@ -70,11 +69,12 @@ def weights_of(period, nseg, L):
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_kernel(per, lanes, exact, weights):
+def _forward_kernel(per, lanes, full, weights):
     """The forward for rows whose ``lanes`` lanes keep ``per`` values each in registers, with
     affine entries per ``weights`` (ELEMENT, ROW or SEGMENT). All fixed at compile time, so
-    a lane's values lie at constant offsets; ``exact``: rows of exactly ``per * lanes``
-    values, read without bounds checks (predicated loads cost registers and instructions)."""
+    a lane's values lie at constant offsets; ``full = min(per, L // lanes)``: the values of
+    every lane that lie in the row, read without bounds checks (predicated loads cost
+    registers and instructions), value ``full`` checked, the rest past the end of every row."""
 
     @kernel
     def forward_rows(x, y, w, b, period, nseg, inv_len, sqrt_eps, center, mean_out, rstd_out, std_out):
@@ -98,7 +98,7 @@ def _forward_kernel(per, lanes, exact, weights):
             size = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
-                v = T(row[j]) if exact or j < length else pivot  # past the row's end: adds nothing
+                v = T(row[j]) if i < full or i == full and j < length else pivot  # past the row's end: adds nothing
                 values[i] = v
                 total += v - pivot
                 size += abs(v - pivot)
@@ -108,7 +108,7 @@ def _forward_kernel(per, lanes, exact, weights):
             inv_scale = T(1) / scale if scale > 0 else T(0)
             squares = T(0)
             for i in range(per):
-                d = (values[i] - mean) * inv_scale if exact or lane + U(i * lanes) < length else T(0)
+                d = (values[i] - mean) * inv_scale if i < full or i == full and lane + U(i * lanes) < length else T(0)
                 squares += d * d
             squares, _ = sum_lanes(squares, T(0), scratch)
             if valid:  # (rows past the end would divide by zero when eps is 0)
@@ -122,7 +122,7 @@ def _forward_kernel(per, lanes, exact, weights):
                 q, rem = lane // seg, lane % seg
                 for i in range(per):
                     j = lane + U(i * lanes)
-                    if exact or j < length:
+                    if i < full or i == full and j < length:
                         if weights == ELEMENT:
                             k = j
                         elif weights == ROW:
@@ -138,14 +138,14 @@ def _forward_kernel(per, lanes, exact, weights):
                             q += U(1)
             first += cuda.gridDim.x * rows
 
-    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per, lanes, exact, weights))
+    forward_rows.py_func.factory_key = (__name__, "_forward_kernel", (per, lanes, full, weights))
     return forward_rows
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_kernel(per, lanes, exact, weights, dy_shared):
+def _backward_kernel(per, lanes, full, weights, dy_shared):
     """The backward for rows whose ``lanes`` lanes keep ``per`` values of x and of dy each in
-    registers (``per``, ``lanes`` and ``exact`` as for :func:`_forward_kernel`).
+    registers (``per``, ``lanes`` and ``full`` as for :func:`_forward_kernel`).
 
     ``weights``: ELEMENT, a weight per element (``period == 1, nseg == L``),
     whose dweight/dbias sums each lane keeps in registers over its rows; ROW or
@@ -185,7 +185,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
             s2 = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
-                inside = exact or j < length
+                inside = i < full or i == full and j < length
                 d = T(dy_row[j]) if inside else T(0)  # past the row's end: xhat = 0, dy = 0
                 xhat = (T(x_row[j]) - m) * rs if inside else T(0)
                 xhats[i] = xhat
@@ -237,7 +237,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
             if valid:
                 for i in range(per):
                     j = lane + U(i * lanes)
-                    if exact or j < length:
+                    if i < full or i == full and j < length:
                         g = shared[g_at + j] if dy_shared else gs[i]
                         if weights == ROW:
                             g *= w_row
@@ -248,7 +248,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
             if rows == 1:
                 for i in range(per):
                     j = lane + U(i * lanes)
-                    if exact or j < length:
+                    if i < full or i == full and j < length:
                         dw_part[p, j], db_part[p, j] = dws[i], dbs[i]
                 return
             start = scratch_slots()
@@ -257,7 +257,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
                 if cuda.threadIdx.y == group:
                     for i in range(per):
                         j = lane + U(i * lanes)
-                        if exact or j < length:
+                        if i < full or i == full and j < length:
                             before_w = shared[start + j] if group > 0 else T(0)
                             before_b = shared[start + length + j] if group > 0 else T(0)
                             shared[start + j] = before_w + dws[i]
@@ -268,7 +268,7 @@ def _backward_kernel(per, lanes, exact, weights, dy_shared):
                 dw_part[p, j], db_part[p, j] = shared[start + j], shared[start + length + j]
                 j += U(lanes * rows)
 
-    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, lanes, exact, weights, dy_shared))
+    backward_rows.py_func.factory_key = (__name__, "_backward_kernel", (per, lanes, full, weights, dy_shared))
     return backward_rows
 
 
@@ -549,7 +549,7 @@ def forward(x2, weight, bias, period, nseg, eps, center, out_dtype, dtype=None):
     config = register_row_config(R, L, "forward_segments" if weights == SEGMENT else "forward", dtype.itemsize)
     if config is not None:
         grid, block, per = config
-        _forward_kernel(per, block[0], L == per * block[0], weights)[grid, block, 0, scratch_bytes(block, dtype)](
+        _forward_kernel(per, block[0], min(per, L // block[0]), weights)[grid, block, 0, scratch_bytes(block, dtype)](
             x2, y2, w, b, period, nseg, dtype.type(1 / L), sqrt_eps, center, mean, rstd, std)
     else:
         grid, block = row_config(R, L)
@@ -610,8 +610,6 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
     if config is None:
         config = register_row_config(R, L, "backward_dy_shared", dtype.itemsize, partial_rows_limit())
         dy_shared = True
-        if config is not None and weights == ELEMENT and L != config[2] * config[1][0]:
-            config = None  # the dweight/dbias sums and the bounds checks would spill
     if config is not None:
         grid, block, per = config
         lanes, rows = block
@@ -621,7 +619,7 @@ def backward(x2, dy2, weight, period, nseg, mean, rstd, center, dx_dtype, dw_dty
             kept = max(kept, 2 * L if rows > 1 else 0)  # the block's dw, db rows, after the loop
         else:  # sums per row and segment; the rows of entry c are rows c, c + period, ...
             dw_part, db_part = empty((R, nseg), dtype), empty((R, nseg), dtype)
-        rows_kernel = _backward_kernel(per, lanes, L == per * lanes, weights, dy_shared)
+        rows_kernel = _backward_kernel(per, lanes, min(per, L // lanes), weights, dy_shared)
         rows_kernel[grid, block, 0, scratch_bytes(block, dtype) + kept * dtype.itemsize](
             x2, dy2, dx2, w, period, nseg, mean, rstd, dtype.type(1 / L), center, dw_part, db_part)
         if weights != ELEMENT:
