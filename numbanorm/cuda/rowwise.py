@@ -151,9 +151,9 @@ def _backward_kernel(per, lanes, full, weights, dy_shared):
     whose dweight/dbias sums each lane keeps in registers over its rows; ROW or
     SEGMENT, a weight per row or per segment of a row, whose sums over the row's
     segments are written per row (one lane reduction per segment).
-    ``dy_shared``: dy's values are kept in the dynamic shared memory after the
+    ``dy_shared``: dy (then g) is kept in the dynamic shared memory after the
     reduction scratch instead (``per * lanes`` values a row of the block), which
-    leaves the registers to x and the dweight/dbias sums: rows twice as long.
+    leaves the registers to x-hat and the dweight/dbias sums: rows twice as long.
     """
 
     @kernel
@@ -205,12 +205,12 @@ def _backward_kernel(per, lanes, full, weights, dy_shared):
                 s2 = T(0)
                 for q in range(nseg):
                     w_q = T(w[base + U(q)])
-                    start = np.uint32(q) * np.uint32(seg)  # 32 bits: fewer registers (rows < 2**32)
+                    q_start = np.uint32(q) * np.uint32(seg)  # 32 bits: fewer registers (rows < 2**32)
                     sum_dy = T(0)
                     sum_dyx = T(0)
                     for i in range(per):
                         j = np.uint32(lane) + np.uint32(i * lanes)
-                        if j >= start and j < start + np.uint32(seg):
+                        if j >= q_start and j < q_start + np.uint32(seg):
                             d = shared[g_at + j] if dy_shared else gs[i]
                             sum_dy += d
                             sum_dyx += d * xhats[i]
