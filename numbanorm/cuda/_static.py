@@ -622,7 +622,7 @@ def count_reads(cases):
 
     import numbanorm as nbn
     cuda_package = import_with_gpu_geometry(runnable=True)
-    rowwise, reduce = cuda_package.rowwise, cuda_package._reduce
+    rowwise, reduce, warp_size = cuda_package.rowwise, cuda_package._reduce, cuda_package._launch.WARP
     rowwise.cache_length = functools.partial(rowwise.cache_length, scratch=reduce.gpu_scratch_bytes)
     reads, lock = collections.defaultdict(set), threading.Lock()
     getitem, run_block = FakeCUDAArray.__getitem__, simulator.BlockManager.run
@@ -641,7 +641,7 @@ def count_reads(cases):
             index = idx if isinstance(idx, tuple) else (idx,)
             element = self._ary.__array_interface__["data"][0] + sum(
                 int(i) * stride for i, stride in zip(index, self._ary.strides))
-            warp = (tuple(thread.blockIdx), thread.thread_id // 32)
+            warp = (tuple(thread.blockIdx), thread.thread_id // warp_size)
             with lock:
                 reads[root(self._ary)].add((element, warp, k))
         return value
