@@ -68,6 +68,14 @@ def weights_of(period, nseg, L):
     return ELEMENT if period == 1 and nseg == L else SEGMENT
 
 
+@cuda.jit(device=True)
+def in_row(i, full, j, length):
+    """Whether value ``i`` of a lane, element ``j`` of its row, lies in the row: the first ``full``
+    of a lane's values always (no check once compiled for a constant ``full``), value ``full``
+    when ``j < length``, the rest never."""
+    return i < full or (i == full and j < length)
+
+
 @functools.lru_cache(maxsize=None)
 def _forward_kernel(per, lanes, full, weights):
     """The forward for rows whose ``lanes`` lanes keep ``per`` values each in registers, with
@@ -98,7 +106,7 @@ def _forward_kernel(per, lanes, full, weights):
             size = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
-                v = T(row[j]) if i < full or i == full and j < length else pivot  # past the row's end: adds nothing
+                v = T(row[j]) if in_row(i, full, j, length) else pivot  # past the row's end: adds nothing
                 values[i] = v
                 total += v - pivot
                 size += abs(v - pivot)
@@ -108,7 +116,7 @@ def _forward_kernel(per, lanes, full, weights):
             inv_scale = T(1) / scale if scale > 0 else T(0)
             squares = T(0)
             for i in range(per):
-                d = (values[i] - mean) * inv_scale if i < full or i == full and lane + U(i * lanes) < length else T(0)
+                d = (values[i] - mean) * inv_scale if in_row(i, full, lane + U(i * lanes), length) else T(0)
                 squares += d * d
             squares, _ = sum_lanes(squares, T(0), scratch)
             if valid:  # (rows past the end would divide by zero when eps is 0)
@@ -122,7 +130,7 @@ def _forward_kernel(per, lanes, full, weights):
                 q, rem = lane // seg, lane % seg
                 for i in range(per):
                     j = lane + U(i * lanes)
-                    if i < full or i == full and j < length:
+                    if in_row(i, full, j, length):
                         if weights == ELEMENT:
                             k = j
                         elif weights == ROW:
@@ -185,7 +193,7 @@ def _backward_kernel(per, lanes, full, weights, dy_shared):
             s2 = T(0)
             for i in range(per):
                 j = lane + U(i * lanes)
-                inside = i < full or i == full and j < length
+                inside = in_row(i, full, j, length)
                 d = T(dy_row[j]) if inside else T(0)  # past the row's end: xhat = 0, dy = 0
                 xhat = (T(x_row[j]) - m) * rs if inside else T(0)
                 xhats[i] = xhat
@@ -237,7 +245,7 @@ def _backward_kernel(per, lanes, full, weights, dy_shared):
             if valid:
                 for i in range(per):
                     j = lane + U(i * lanes)
-                    if i < full or i == full and j < length:
+                    if in_row(i, full, j, length):
                         g = shared[g_at + j] if dy_shared else gs[i]
                         if weights == ROW:
                             g *= w_row
@@ -248,7 +256,7 @@ def _backward_kernel(per, lanes, full, weights, dy_shared):
             if rows == 1:
                 for i in range(per):
                     j = lane + U(i * lanes)
-                    if i < full or i == full and j < length:
+                    if in_row(i, full, j, length):
                         dw_part[p, j], db_part[p, j] = dws[i], dbs[i]
                 return
             start = scratch_slots()
@@ -257,7 +265,7 @@ def _backward_kernel(per, lanes, full, weights, dy_shared):
                 if cuda.threadIdx.y == group:
                     for i in range(per):
                         j = lane + U(i * lanes)
-                        if i < full or i == full and j < length:
+                        if in_row(i, full, j, length):
                             before_w = shared[start + j] if group > 0 else T(0)
                             before_b = shared[start + length + j] if group > 0 else T(0)
                             shared[start + j] = before_w + dws[i]
